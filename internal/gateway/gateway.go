@@ -1,0 +1,487 @@
+// Package gateway is the station-facing server: the accept loop, the session
+// limits, TLS and station identity, and the ordered shutdown that loses no
+// accepted frame. Sessions (package session) feed the aggregator (package
+// pipeline), which feeds the sink.
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/meridian-telemetry/meridian/internal/config"
+	"github.com/meridian-telemetry/meridian/internal/frame"
+	"github.com/meridian-telemetry/meridian/internal/pipeline"
+	"github.com/meridian-telemetry/meridian/internal/session"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("gateway: server closed")
+
+// ForcedError is returned when a stop was forced (Close, or Shutdown's
+// context ended first). Frames counts those read from stations but never
+// committed by the sink: no station got an ACK for them.
+type ForcedError struct {
+	Frames uint64
+	Cause  error
+}
+
+func (e *ForcedError) Error() string {
+	return fmt.Sprintf("gateway: forced stop (%v): %d frames abandoned", e.Cause, e.Frames)
+}
+
+func (e *ForcedError) Unwrap() error { return e.Cause }
+
+// Observer receives the gateway's counters; *metrics.Metrics implements it.
+type Observer interface {
+	session.Observer
+	SessionStarted()
+	SessionEnded(r frame.Reason)
+	AcceptError()
+	Rejected(r frame.Reason)
+	TLSHandshakeFailed()
+}
+
+type nopObserver struct{ session.Observer }
+
+func (nopObserver) SessionStarted()              {}
+func (nopObserver) SessionEnded(frame.Reason)    {}
+func (nopObserver) AcceptError()                 {}
+func (nopObserver) Rejected(frame.Reason)        {}
+func (nopObserver) TLSHandshakeFailed()          {}
+func (nopObserver) Received(int, int)            {}
+func (nopObserver) ObserveFrameSize(int)         {}
+func (nopObserver) Committed(int, time.Duration) {}
+func (nopObserver) HeartbeatSent()               {}
+func (nopObserver) AckSent()                     {}
+
+// Option configures a Server beyond its Config.
+type Option func(*Server)
+
+// WithObserver reports the gateway's counters to o.
+func WithObserver(o Observer) Option { return func(s *Server) { s.obs = o } }
+
+// WithTLS serves TLS. identity extracts a station's identity from its
+// verified connection; when it returns "" the remote IP is used.
+func WithTLS(c *tls.Config, identity func(tls.ConnectionState) string) Option {
+	return func(s *Server) { s.tls, s.identity = c, identity }
+}
+
+// WithAllow limits which station identities may open a session.
+func WithAllow(allowed func(identity string) bool) Option {
+	return func(s *Server) { s.allowed = allowed }
+}
+
+// Server accepts station connections and runs their sessions.
+type Server struct {
+	cfg      config.Config // immutable after New
+	scfg     session.Config
+	sink     pipeline.Sink
+	agg      *pipeline.Aggregator
+	log      *slog.Logger
+	obs      Observer
+	tls      *tls.Config
+	identity func(tls.ConnectionState) string
+	allowed  func(string) bool
+
+	// forced ends every session and the aggregator at once: Close, or the
+	// end of Shutdown's context.
+	forced    context.Context
+	forceStop context.CancelFunc
+	quit      chan struct{} // closed when shutdown begins; wakes accept back-off
+	aggDone   chan struct{} // closed when the aggregator's Run returned
+	aggErr    error         // set before aggDone closes
+
+	nextID   atomic.Uint64
+	serving  atomic.Bool
+	shutdown atomic.Bool
+	conns    sync.WaitGroup // session and rejection goroutines
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	sessions  map[*session.Session]struct{}
+	active    int            // connections holding a session slot
+	perIP     map[string]int // guarded by mu
+	drainAt   time.Time      // set when shutdown begins
+}
+
+// New returns a server that will feed sink. The aggregator starts now; the
+// server serves once Serve is called.
+func New(cfg config.Config, sink pipeline.Sink, log *slog.Logger, opts ...Option) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg: cfg,
+		scfg: session.Config{
+			MaxFrame:     cfg.MaxFrame,
+			IdleTimeout:  cfg.IdleTimeout,
+			FrameTimeout: cfg.FrameTimeout,
+			Heartbeat:    cfg.Heartbeat,
+			WriteTimeout: cfg.WriteTimeout,
+		},
+		sink:      sink,
+		agg:       pipeline.New(sink, cfg.Queue),
+		log:       log,
+		obs:       nopObserver{},
+		quit:      make(chan struct{}),
+		aggDone:   make(chan struct{}),
+		listeners: make(map[net.Listener]struct{}),
+		sessions:  make(map[*session.Session]struct{}),
+		perIP:     make(map[string]int),
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	s.forced, s.forceStop = context.WithCancel(context.Background())
+	go func() {
+		defer close(s.aggDone)
+		s.aggErr = s.agg.Run(s.forced)
+	}()
+	return s, nil
+}
+
+// Aggregator exposes the queue's counters for metrics.
+func (s *Server) Aggregator() *pipeline.Aggregator { return s.agg }
+
+// Serve accepts connections on ln until Shutdown or Close, and then returns
+// ErrServerClosed. Any other error ends Serve and is returned.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.shutdown.Load() {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	s.serving.Store(true)
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+
+	var delay time.Duration // accept back-off, as net/http does it
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if s.shutdown.Load() {
+				return ErrServerClosed
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("gateway: listener closed: %w", err)
+			}
+			// EMFILE and friends: back off instead of spinning, and let
+			// shutdown interrupt the wait.
+			if delay == 0 {
+				delay = 5 * time.Millisecond
+			} else {
+				delay = min(2*delay, time.Second)
+			}
+			s.obs.AcceptError()
+			s.log.Error("accept failed; retrying", "err", err, "retry_in", delay)
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-s.quit:
+				t.Stop()
+				return ErrServerClosed
+			}
+			continue
+		}
+		delay = 0
+		s.accept(conn)
+	}
+}
+
+// accept admits conn within the session limits and starts its goroutine.
+// It never blocks on the connection.
+func (s *Server) accept(conn net.Conn) {
+	ip := remoteIP(conn.RemoteAddr())
+	s.mu.Lock()
+	busy := s.active >= s.cfg.MaxSessions ||
+		(s.cfg.MaxSessionsPerIP > 0 && s.perIP[ip] >= s.cfg.MaxSessionsPerIP)
+	if !busy {
+		s.active++
+		s.perIP[ip]++
+	}
+	s.conns.Add(1)
+	s.mu.Unlock()
+	if busy {
+		s.obs.Rejected(frame.ReasonBusy)
+		go s.reject(conn, ip, frame.ReasonBusy)
+		return
+	}
+	id := fmt.Sprintf("gs-%d@%s", s.nextID.Add(1), conn.RemoteAddr())
+	go s.serveConn(conn, id, ip)
+}
+
+// reject tells a station why it may not connect, then closes. The goroutine
+// is bounded by the handshake and write timeouts.
+func (s *Server) reject(conn net.Conn, ip string, r frame.Reason) {
+	defer s.conns.Done()
+	s.log.Warn("connection rejected", "remote", conn.RemoteAddr().String(), "reason", r.String())
+	if s.tls != nil {
+		tc, _, err := s.handshake(conn)
+		if err != nil {
+			conn.Close()
+			return
+		}
+		conn = tc
+	}
+	_ = conn.SetWriteDeadline(time.Now().Add(min(s.cfg.WriteTimeout, time.Second)))
+	_, _ = conn.Write(frame.AppendClose(nil, r, r.Text()))
+	closeWrite(conn)
+	conn.Close()
+}
+
+// serveConn runs one session from handshake to close.
+func (s *Server) serveConn(raw net.Conn, id, ip string) {
+	defer s.conns.Done()
+	defer func() {
+		s.mu.Lock()
+		s.active--
+		if s.perIP[ip]--; s.perIP[ip] <= 0 {
+			delete(s.perIP, ip)
+		}
+		s.mu.Unlock()
+	}()
+
+	conn := raw
+	info := session.Info{ID: id, Station: ip, RemoteAddr: raw.RemoteAddr().String()}
+	if s.tls != nil {
+		tc, state, err := s.handshake(raw)
+		if err != nil {
+			s.obs.TLSHandshakeFailed()
+			s.log.Warn("TLS handshake failed", "session", id, "err", err)
+			raw.Close()
+			return
+		}
+		conn = tc
+		if s.identity != nil {
+			if name := s.identity(state); name != "" {
+				info.Station, info.TLSIdentity = name, name
+			}
+		}
+	}
+	if s.allowed != nil && !s.allowed(info.Station) {
+		s.obs.Rejected(frame.ReasonUnauthorized)
+		s.log.Warn("station not authorized", "session", id, "station", info.Station)
+		_ = conn.SetWriteDeadline(time.Now().Add(min(s.cfg.WriteTimeout, time.Second)))
+		_, _ = conn.Write(frame.AppendClose(nil, frame.ReasonUnauthorized, frame.ReasonUnauthorized.Text()))
+		closeWrite(conn)
+		conn.Close()
+		return
+	}
+
+	sess := session.New(conn, info, s.scfg, s.agg, s.log, s.obs)
+	s.mu.Lock()
+	s.sessions[sess] = struct{}{}
+	drainAt := s.drainAt
+	s.mu.Unlock()
+	if s.shutdown.Load() {
+		// Accepted just as shutdown began: it drains like the others.
+		sess.GoAway(drainAt)
+	}
+	s.obs.SessionStarted()
+	attrs := []any{"session", id, "station", info.Station}
+	if info.TLSIdentity != "" {
+		attrs = append(attrs, "tls_identity", info.TLSIdentity)
+	}
+	s.log.Info("session started", attrs...)
+
+	reason := sess.Run(s.forced)
+
+	s.obs.SessionEnded(reason)
+	s.mu.Lock()
+	delete(s.sessions, sess)
+	s.mu.Unlock()
+}
+
+// handshake runs the TLS handshake within the handshake timeout.
+func (s *Server) handshake(raw net.Conn) (*tls.Conn, tls.ConnectionState, error) {
+	tc := tls.Server(raw, s.tls)
+	ctx, cancel := context.WithTimeout(s.forced, s.cfg.TLSHandshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, tls.ConnectionState{}, err
+	}
+	return tc, tc.ConnectionState(), nil
+}
+
+// Shutdown stops the gateway without losing an accepted frame: it closes the
+// listeners, sends GOAWAY to every session (spread over the lame-duck period
+// when one is set), lets each drain for the drain timeout, waits until the
+// sink has committed everything read, and flushes the sink. When ctx ends
+// first, it forces the stop and returns a *ForcedError that says how many
+// frames were read but not committed.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.beginShutdown()
+	s.log.Info("shutting down: GOAWAY sent to sessions", "sessions", s.count(), "drain_timeout", s.cfg.DrainTimeout, "lame_duck", s.cfg.LameDuck)
+	if err := s.goAwayAll(ctx); err != nil {
+		return s.force(err)
+	}
+	if err := waitGroup(ctx, &s.conns); err != nil {
+		return s.force(err)
+	}
+	s.agg.Close()
+	select {
+	case <-s.aggDone:
+	case <-ctx.Done():
+		return s.force(ctx.Err())
+	}
+	if s.aggErr != nil {
+		return s.force(s.aggErr)
+	}
+	st := s.agg.Stats()
+	s.log.Info("shutdown complete", "frames_committed", st.Committed)
+	s.forceStop()
+	return nil
+}
+
+// Close is the forced stop: connections are closed at once and frames not
+// yet committed are abandoned. It returns a *ForcedError when there were
+// any.
+func (s *Server) Close() error {
+	s.beginShutdown()
+	if err := s.force(errors.New("closed")); err.Frames > 0 {
+		return err
+	}
+	return nil
+}
+
+func (s *Server) force(cause error) *ForcedError {
+	s.forceStop()
+	s.conns.Wait()
+	s.agg.Close()
+	<-s.aggDone
+	st := s.agg.Stats()
+	return &ForcedError{Frames: st.Queued - st.Committed, Cause: cause}
+}
+
+// beginShutdown stops accepting. Idempotent.
+func (s *Server) beginShutdown() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutdown.Swap(true) {
+		return
+	}
+	s.drainAt = time.Now().Add(s.cfg.LameDuck + s.cfg.DrainTimeout)
+	close(s.quit)
+	for ln := range s.listeners {
+		ln.Close()
+	}
+}
+
+// goAwayAll tells every session to drain. With a lame-duck period the
+// GOAWAYs are spread evenly over it, so that stations behind a load balancer
+// do not all reconnect at the same instant.
+func (s *Server) goAwayAll(ctx context.Context) error {
+	s.mu.Lock()
+	list := make([]*session.Session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		list = append(list, sess)
+	}
+	s.mu.Unlock()
+	if s.cfg.LameDuck <= 0 || len(list) == 0 {
+		for _, sess := range list {
+			sess.GoAway(time.Now().Add(s.cfg.DrainTimeout))
+		}
+		return nil
+	}
+	start := time.Now()
+	step := s.cfg.LameDuck / time.Duration(len(list))
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for i, sess := range list {
+		t.Reset(time.Until(start.Add(time.Duration(i) * step)))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		sess.GoAway(time.Now().Add(s.cfg.DrainTimeout))
+	}
+	return nil
+}
+
+// Ready reports whether the gateway takes frames: not before Serve, not
+// while shutting down, not while the sink reports a problem.
+func (s *Server) Ready() error {
+	if !s.serving.Load() {
+		return errors.New("starting")
+	}
+	if s.shutdown.Load() {
+		return errors.New("draining")
+	}
+	if c, ok := s.sink.(pipeline.Checker); ok {
+		if err := c.Check(); err != nil {
+			return fmt.Errorf("stream unavailable: %w", err)
+		}
+	}
+	return nil
+}
+
+// Snapshot describes one live session.
+type Snapshot struct {
+	session.Info
+	session.Stats
+}
+
+// Sessions lists the live sessions.
+func (s *Server) Sessions() []Snapshot {
+	s.mu.Lock()
+	list := make([]*session.Session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		list = append(list, sess)
+	}
+	s.mu.Unlock()
+	out := make([]Snapshot, len(list))
+	for i, sess := range list {
+		out[i] = Snapshot{Info: sess.Info(), Stats: sess.Stats()}
+	}
+	return out
+}
+
+func (s *Server) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+func waitGroup(ctx context.Context, wg *sync.WaitGroup) error {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		// The waiter goroutine ends once force has closed every session.
+		return ctx.Err()
+	}
+}
+
+func remoteIP(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return host
+}
+
+func closeWrite(c net.Conn) {
+	type halfCloser interface{ CloseWrite() error }
+	if hc, ok := c.(halfCloser); ok {
+		_ = hc.CloseWrite()
+	}
+}

@@ -1,0 +1,266 @@
+// Package metrics is the gateway's Prometheus instrumentation: one value that
+// owns every collector, with methods named after the events the gateway
+// reports. No metric carries a per-session or per-station label, so the
+// number of series is fixed at start-up whatever the number of stations;
+// per-station detail lives on the ops server's /stations page instead.
+//
+// Every method is safe on a nil *Metrics, so code under test can pass nil
+// instead of building a registry it never reads.
+package metrics
+
+import (
+	"errors"
+	"time"
+
+	"github.com/meridian-telemetry/meridian/internal/frame"
+	"github.com/meridian-telemetry/meridian/internal/pipeline"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+const namespace = "meridian"
+
+// Histogram buckets. Frame sizes span the whole range --max-frame allows
+// (64 B to 16 MiB, ×4 per bucket); commit latency spans a local sink's
+// milliseconds to a struggling replicated stream's tens of seconds.
+var (
+	frameSizeBuckets     = prometheus.ExponentialBuckets(64, 4, 10)
+	commitLatencyBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+)
+
+// Metrics owns the gateway's collectors. Build it with New; the zero value is
+// not usable, but a nil *Metrics is: every method is then a no-op.
+type Metrics struct {
+	reg prometheus.Registerer // nil: collectors exist but are not exported
+
+	sessionsActive  prometheus.Gauge
+	sessionsEnded   *prometheus.CounterVec
+	framesReceived  prometheus.Counter
+	bytesReceived   prometheus.Counter
+	frameSize       prometheus.Histogram
+	framesCommitted prometheus.Counter
+	commitLatency   prometheus.Histogram
+	acceptErrors    prometheus.Counter
+	heartbeatsSent  prometheus.Counter
+	acksSent        prometheus.Counter
+	rejected        *prometheus.CounterVec
+	tlsFailures     prometheus.Counter
+
+	// Children of the two vectors for every known reason, resolved once so
+	// that recording an ending is a map read and an atomic add, not a label
+	// hash. Immutable after New.
+	endedBy    map[frame.Reason]prometheus.Counter
+	rejectedBy map[frame.Reason]prometheus.Counter
+}
+
+// New builds the gateway's metrics and registers them on reg.
+//
+// New also registers the Go runtime and process collectors on reg, so that a
+// fresh prometheus.NewRegistry() exports go_* and process_* series too. A
+// registry that already has them (prometheus.DefaultRegisterer does) keeps
+// its own: the duplicate registration is ignored.
+//
+// A nil reg builds working collectors that nothing exports, for benchmarks
+// and tests that only count. New panics, as prometheus.MustRegister does, if
+// reg already holds a meridian_* metric: registering the gateway twice on one
+// registry is a programming error.
+func New(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		reg: reg,
+		sessionsActive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "sessions_active",
+			Help: "Station sessions open right now.",
+		}),
+		sessionsEnded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "sessions_ended_total",
+			Help: "Station sessions ended, by close reason.",
+		}, []string{"reason"}),
+		framesReceived: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "frames_received_total",
+			Help: "Data frames read from stations.",
+		}),
+		bytesReceived: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "received_bytes_total",
+			Help: "Payload bytes of the data frames read from stations.",
+		}),
+		frameSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "frame_size_bytes",
+			Help:    "Payload size of data frames read from stations.",
+			Buckets: frameSizeBuckets,
+		}),
+		framesCommitted: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "frames_committed_total",
+			Help: "Data frames the sink has durably committed.",
+		}),
+		commitLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "commit_latency_seconds",
+			Help:    "Time from reading a batch's first frame to the sink committing the batch.",
+			Buckets: commitLatencyBuckets,
+		}),
+		acceptErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "accept_errors_total",
+			Help: "Errors returned by accept on the station listener.",
+		}),
+		heartbeatsSent: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "heartbeats_sent_total",
+			Help: "HEARTBEAT frames sent to stations.",
+		}),
+		acksSent: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "acks_sent_total",
+			Help: "ACK frames sent to stations.",
+		}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "rejected_connections_total",
+			Help: "Station connections refused before a session started, by reason.",
+		}, []string{"reason"}),
+		tlsFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "tls_handshake_failures_total",
+			Help: "TLS handshakes with stations that failed or timed out.",
+		}),
+		endedBy:    make(map[frame.Reason]prometheus.Counter),
+		rejectedBy: make(map[frame.Reason]prometheus.Counter),
+	}
+	// Pre-create every reason so that a rate() over a reason that has not
+	// happened yet reads 0 rather than "no data", which alerts cannot tell
+	// from a broken scrape.
+	for _, r := range frame.Reasons() {
+		m.endedBy[r] = m.sessionsEnded.WithLabelValues(r.String())
+		m.rejectedBy[r] = m.rejected.WithLabelValues(r.String())
+	}
+	if reg == nil {
+		return m
+	}
+	reg.MustRegister(
+		m.sessionsActive, m.sessionsEnded, m.framesReceived, m.bytesReceived,
+		m.frameSize, m.framesCommitted, m.commitLatency, m.acceptErrors,
+		m.heartbeatsSent, m.acksSent, m.rejected, m.tlsFailures,
+	)
+	for _, c := range []prometheus.Collector{
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	} {
+		if err := reg.Register(c); err != nil {
+			if are := (prometheus.AlreadyRegisteredError{}); !errors.As(err, &are) {
+				panic(err)
+			}
+		}
+	}
+	return m
+}
+
+// SessionStarted counts a session that passed admission and is now open.
+func (m *Metrics) SessionStarted() {
+	if m == nil {
+		return
+	}
+	m.sessionsActive.Inc()
+}
+
+// SessionEnded counts the end of a session begun with SessionStarted.
+func (m *Metrics) SessionEnded(r frame.Reason) {
+	if m == nil {
+		return
+	}
+	m.sessionsActive.Dec()
+	reasonCounter(m.endedBy, m.sessionsEnded, r).Inc()
+}
+
+// Received counts a batch of frames read from one station; bytes is the sum
+// of their payload sizes.
+func (m *Metrics) Received(frames, bytes int) {
+	if m == nil {
+		return
+	}
+	m.framesReceived.Add(float64(frames))
+	m.bytesReceived.Add(float64(bytes))
+}
+
+// ObserveFrameSize records one frame's payload size. It is called per frame,
+// so it does nothing but the histogram's lock-free observe.
+func (m *Metrics) ObserveFrameSize(n int) {
+	if m == nil {
+		return
+	}
+	m.frameSize.Observe(float64(n))
+}
+
+// Committed counts a batch the sink committed; latency is the age of the
+// batch's first frame at commit, the longest wait of any frame in it.
+func (m *Metrics) Committed(frames int, latency time.Duration) {
+	if m == nil {
+		return
+	}
+	m.framesCommitted.Add(float64(frames))
+	m.commitLatency.Observe(latency.Seconds())
+}
+
+// AcceptError counts an error from accept on the station listener.
+func (m *Metrics) AcceptError() {
+	if m == nil {
+		return
+	}
+	m.acceptErrors.Inc()
+}
+
+// HeartbeatSent counts a HEARTBEAT frame written to a station.
+func (m *Metrics) HeartbeatSent() {
+	if m == nil {
+		return
+	}
+	m.heartbeatsSent.Inc()
+}
+
+// AckSent counts an ACK frame written to a station.
+func (m *Metrics) AckSent() {
+	if m == nil {
+		return
+	}
+	m.acksSent.Inc()
+}
+
+// Rejected counts a connection refused before its session started, for
+// example frame.ReasonBusy at a session limit or frame.ReasonUnauthorized for
+// an identity not on the allow-list.
+func (m *Metrics) Rejected(r frame.Reason) {
+	if m == nil {
+		return
+	}
+	reasonCounter(m.rejectedBy, m.rejected, r).Inc()
+}
+
+// TLSHandshakeFailed counts a station TLS handshake that failed or timed out.
+func (m *Metrics) TLSHandshakeFailed() {
+	if m == nil {
+		return
+	}
+	m.tlsFailures.Inc()
+}
+
+// Queue exports the aggregator's queue depth and back-pressure time, read
+// from stats at each scrape. Call it once, when the aggregator exists; stats
+// must be safe to call from the scraping goroutine.
+func (m *Metrics) Queue(stats func() pipeline.Stats) {
+	if m == nil || m.reg == nil || stats == nil {
+		return
+	}
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "queue_depth_frames",
+			Help: "Frames waiting in the queue between sessions and the sink.",
+		}, func() float64 { return float64(stats().Depth) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: namespace, Name: "backpressure_seconds_total",
+			Help: "Time sessions spent blocked on a full queue, summed over sessions.",
+		}, func() float64 { return stats().BlockedFor.Seconds() }),
+	)
+}
+
+// reasonCounter returns the pre-created child for r, and falls back to the
+// vector for a reason frame.Reasons does not list, so that a new reason is
+// still counted, under its numeric label, rather than lost.
+func reasonCounter(known map[frame.Reason]prometheus.Counter, vec *prometheus.CounterVec, r frame.Reason) prometheus.Counter {
+	if c, ok := known[r]; ok {
+		return c
+	}
+	return vec.WithLabelValues(r.String())
+}

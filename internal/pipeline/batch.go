@@ -1,0 +1,124 @@
+// Package pipeline carries data frames from sessions to a sink: the batch that
+// groups them, the bounded queue that back-pressures sessions, the aggregator
+// that feeds the sink, and the Sink contract itself.
+package pipeline
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Frame is one data frame on its way to the sink.
+type Frame struct {
+	Station  string    // station identity: remote IP, or TLS identity with mTLS
+	Session  string    // session id, gs-N@REMOTE_ADDR
+	Seq      uint64    // per-session sequence number, from 1
+	Received time.Time // when the gateway read it
+	// Payload is valid until the frame's batch is fully committed; a sink
+	// that needs it longer must copy it.
+	Payload []byte
+}
+
+// Owner learns when a batch it produced is fully committed.
+type Owner interface {
+	// Committed is called exactly once per batch, from whichever goroutine
+	// committed its last frame. It must not block.
+	Committed(b *Batch)
+}
+
+// Batch is a run of consecutive frames from one session. Batches come from
+// a pool so that the hot path allocates nothing per frame: payloads live in
+// one slab owned by the batch.
+type Batch struct {
+	Frames []Frame
+	// Bytes is the sum of the payload sizes.
+	Bytes int
+
+	owner   Owner
+	agg     *Aggregator // counts commits; set by Put
+	slab    []byte
+	pending atomic.Int64
+}
+
+// SlabSize is the payload capacity of a pooled batch. Frames whose payload does
+// not fit travel in a batch of their own with a dedicated buffer.
+const SlabSize = 64 * 1024
+
+var batchPool = sync.Pool{New: func() any {
+	return &Batch{slab: make([]byte, 0, SlabSize)}
+}}
+
+// NewBatch takes an empty batch from the pool.
+func NewBatch(owner Owner) *Batch {
+	b := batchPool.Get().(*Batch)
+	b.owner = owner
+	return b
+}
+
+// Release returns b to the pool. Only the owner calls it, once Committed has
+// told it the batch is done (or when the batch was never queued).
+func (b *Batch) Release() {
+	clear(b.Frames) // drop payload and string references
+	b.Frames = b.Frames[:0]
+	b.Bytes = 0
+	b.owner = nil
+	b.agg = nil
+	if cap(b.slab) != SlabSize {
+		b.slab = make([]byte, 0, SlabSize)
+	}
+	b.slab = b.slab[:0]
+	batchPool.Put(b)
+}
+
+// Room reports how many payload bytes still fit in the slab.
+func (b *Batch) Room() int { return cap(b.slab) - len(b.slab) }
+
+// Add copies payload into the batch. The caller checks Room first, or adds
+// one oversized payload to an empty batch, which then owns a new buffer.
+func (b *Batch) Add(f Frame) {
+	if len(f.Payload) > b.Room() {
+		if len(b.Frames) != 0 {
+			panic("pipeline: payload does not fit the batch")
+		}
+		b.slab = make([]byte, 0, len(f.Payload))
+	}
+	start := len(b.slab)
+	b.slab = append(b.slab, f.Payload...)
+	f.Payload = b.slab[start:len(b.slab):len(b.slab)]
+	b.Frames = append(b.Frames, f)
+	b.Bytes += len(f.Payload)
+}
+
+// Len is the number of frames in the batch.
+func (b *Batch) Len() int { return len(b.Frames) }
+
+// LastSeq is the sequence number of the batch's last frame.
+func (b *Batch) LastSeq() uint64 {
+	if len(b.Frames) == 0 {
+		return 0
+	}
+	return b.Frames[len(b.Frames)-1].Seq
+}
+
+// arm prepares the batch to count commits; the queue calls it on Put.
+func (b *Batch) arm(a *Aggregator) {
+	b.agg = a
+	b.pending.Store(int64(len(b.Frames)))
+}
+
+// Commit marks n frames of b as accepted by the sink. Frames may be committed
+// in any order, from any goroutine, each exactly once. The call that commits
+// the last one hands the batch back to its owner, after which the sink must
+// not touch the batch again.
+func (b *Batch) Commit(n int) {
+	left := b.pending.Add(-int64(n))
+	if left == 0 {
+		if b.agg != nil {
+			b.agg.committed.Add(uint64(len(b.Frames)))
+		}
+		b.owner.Committed(b)
+	} else if left < 0 {
+		panic("pipeline: batch committed more often than it has frames")
+	}
+}

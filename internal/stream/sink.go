@@ -1,0 +1,535 @@
+package stream
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/meridian-telemetry/meridian/internal/pipeline"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Headers the sink sets on every message. Consumers use Meridian-Session and
+// Meridian-Seq (or Nats-Msg-Id) to drop the duplicates at-least-once delivery
+// can create.
+const (
+	HeaderStation  = "Meridian-Station"  // station identity, verbatim
+	HeaderSession  = "Meridian-Session"  // gs-N@REMOTE_ADDR
+	HeaderSeq      = "Meridian-Seq"      // per-session sequence number, decimal
+	HeaderReceived = "Meridian-Received" // when the gateway read the frame, RFC 3339 with nanoseconds
+	HeaderMsgID    = jetstream.MsgIDHeader
+)
+
+// Errors the sink reports through Check and its outage log line.
+var (
+	// ErrUnavailable: the stream is not taking frames; Write is holding back.
+	ErrUnavailable = errors.New("stream: not taking frames")
+	// ErrAckTimeout: no PubAck arrived within --publish-timeout.
+	ErrAckTimeout = errors.New("stream: no PubAck within the publish timeout")
+	// ErrNoResponders: nothing listens on the subject; the stream has no
+	// leader or does not exist.
+	ErrNoResponders = errors.New("stream: no responders (stream missing or without leader)")
+	// ErrPubAck: JetStream refused the message (store full, limits...).
+	ErrPubAck = errors.New("stream: JetStream refused the message")
+	// ErrSinkClosed: Write or Flush after Close.
+	ErrSinkClosed = errors.New("stream: sink closed")
+)
+
+// Back-off between resend rounds while the stream is unavailable.
+const (
+	minBackoff = 50 * time.Millisecond
+	maxBackoff = 5 * time.Second
+)
+
+// SinkOptions tune a Sink. Zero values mean the defaults.
+type SinkOptions struct {
+	Window  int           // messages published and not yet acknowledged; default 4096
+	Timeout time.Duration // wait for a PubAck before resending; default 5s
+	BootID  string        // prefix of every Nats-Msg-Id; default random
+}
+
+// Sink publishes frames to JetStream and commits each frame once its PubAck
+// arrived. It implements pipeline.Sink and pipeline.Checker.
+//
+// Every message carries a reply subject naming a slot of a fixed window; one
+// subscription receives the PubAcks and maps them back to (batch, frame) with
+// no per-frame goroutine or future. A message without a PubAck in time, or
+// with an error PubAck, is resent with the same Nats-Msg-Id, so JetStream
+// stores it once within the dedup window. While resends fail, Write publishes
+// nothing new: the aggregator's queue fills and the stations are pushed back.
+type Sink struct {
+	nc      *nats.Conn
+	log     *slog.Logger
+	bootID  string
+	timeout time.Duration
+	prefix  string // reply subject prefix, "<inbox>."
+	sub     *nats.Subscription
+
+	w *msgBuilder // used by Write only (the aggregator goroutine)
+
+	mu       sync.Mutex
+	slots    []slot  // ring of the window; a message with id n uses slot n%len
+	next     uint64  // id of the next new message; ids start at 1
+	inflight int     // slots in use
+	failed   int     // slots waiting for a resend (deadline zero)
+	down     *outage // non-nil while the stream does not take frames
+	waiting  bool    // Write or Flush waits on wake
+	closed   bool
+
+	wake chan struct{} // to the waiting Write/Flush; capacity 1
+	kick chan struct{} // to the resend loop; capacity 1
+	stop chan struct{} // closed by Close
+	done chan struct{} // closed when the resend loop returned
+
+	closeOnce sync.Once
+}
+
+// slot is one message between publish and PubAck. Guarded by Sink.mu.
+type slot struct {
+	id       uint64 // 0: free
+	b        *pipeline.Batch
+	i        int       // frame index in b
+	deadline time.Time // PubAck due; zero while waiting for a resend
+}
+
+// outage is one episode of the stream not taking frames.
+type outage struct {
+	since   time.Time
+	cause   error
+	resends int
+}
+
+// NewSink starts a sink publishing over nc; the stream capturing
+// telemetry.> must exist. Close stops it; nc stays the caller's.
+func NewSink(nc *nats.Conn, opts SinkOptions, log *slog.Logger) (*Sink, error) {
+	if opts.Window <= 0 {
+		opts.Window = 4096
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 5 * time.Second
+	}
+	if opts.BootID == "" {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, fmt.Errorf("stream: boot id: %w", err)
+		}
+		opts.BootID = hex.EncodeToString(b[:])
+	}
+	s := &Sink{
+		nc:      nc,
+		log:     log,
+		bootID:  opts.BootID,
+		timeout: opts.Timeout,
+		prefix:  nc.NewInbox() + ".",
+		w:       newMsgBuilder(),
+		slots:   make([]slot, opts.Window),
+		next:    1,
+		wake:    make(chan struct{}, 1),
+		kick:    make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	sub, err := nc.Subscribe(s.prefix+"*", s.onAck)
+	if err != nil {
+		return nil, fmt.Errorf("stream: subscribe to PubAcks: %w", err)
+	}
+	// Acks are bounded by the window (plus resends); never drop one as a
+	// slow consumer, which would only cause a resend.
+	if err := sub.SetPendingLimits(-1, -1); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("stream: PubAck subscription: %w", err)
+	}
+	// The server must know the subscription before the first PubAck.
+	if err := nc.Flush(); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("stream: PubAck subscription: %w", err)
+	}
+	s.sub = sub
+	go s.resendLoop()
+	return s, nil
+}
+
+// BootID is the prefix of this sink's Nats-Msg-Ids.
+func (s *Sink) BootID() string { return s.bootID }
+
+// Write publishes every frame of batches. It blocks while the window is full
+// or the stream is unavailable, and fails only when ctx ends (or after Close).
+func (s *Sink) Write(ctx context.Context, batches []*pipeline.Batch) error {
+	for _, b := range batches {
+		if b.Len() == 0 {
+			b.Commit(0) // hands an empty batch back to its owner
+			continue
+		}
+		for i := range b.Frames {
+			id, err := s.reserve(ctx, b, i)
+			if err != nil {
+				return err
+			}
+			// The frame is read here outside the lock. That is safe: its
+			// batch cannot be fully committed before this publish is
+			// acknowledged, and a resend of it needs its deadline to pass.
+			if err := s.nc.PublishMsg(s.w.build(s, b, i, id)); err != nil {
+				s.publishFailed(id, err)
+			}
+		}
+	}
+	return nil
+}
+
+// reserve takes the slot of the next message, waiting while it is still in
+// use or the stream is down.
+func (s *Sink) reserve(ctx context.Context, b *pipeline.Batch, i int) (uint64, error) {
+	s.mu.Lock()
+	for {
+		if s.closed {
+			s.mu.Unlock()
+			return 0, ErrSinkClosed
+		}
+		id := s.next
+		sl := &s.slots[id%uint64(len(s.slots))]
+		if s.down == nil && sl.id == 0 {
+			s.next++
+			*sl = slot{id: id, b: b, i: i, deadline: time.Now().Add(s.timeout)}
+			s.inflight++
+			s.mu.Unlock()
+			return id, nil
+		}
+		if err := s.waitLocked(ctx); err != nil {
+			return 0, fmt.Errorf("stream: write: %w", err)
+		}
+	}
+}
+
+// Flush waits until every frame written so far has its PubAck.
+func (s *Sink) Flush(ctx context.Context) error {
+	s.mu.Lock()
+	for s.inflight > 0 {
+		if s.closed {
+			s.mu.Unlock()
+			return ErrSinkClosed
+		}
+		n := s.inflight
+		if err := s.waitLocked(ctx); err != nil {
+			return fmt.Errorf("stream: flush: %d frames without PubAck: %w", n, err)
+		}
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// waitLocked sleeps until a slot frees, the outage ends, Close, or ctx ends.
+// Called with mu held; returns with mu held, or released when it fails.
+func (s *Sink) waitLocked(ctx context.Context) error {
+	s.waiting = true
+	s.mu.Unlock()
+	select {
+	case <-s.wake:
+		s.mu.Lock()
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// signalLocked wakes the waiting Write or Flush, if any.
+func (s *Sink) signalLocked() {
+	if s.waiting {
+		s.waiting = false
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Check reports whether the stream takes frames right now (for /readyz).
+func (s *Sink) Check() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+		return ErrSinkClosed
+	case s.down != nil:
+		return fmt.Errorf("%w since %s: %w", ErrUnavailable, s.down.since.Format(time.RFC3339), s.down.cause)
+	case !s.nc.IsConnected():
+		return fmt.Errorf("%w: not connected to NATS (%s)", ErrUnavailable, s.nc.Status())
+	}
+	return nil
+}
+
+// Close stops the resend loop and the PubAck subscription. Frames without a
+// PubAck stay uncommitted: the stations never got an ACK for them and will
+// send them again. Close is idempotent.
+func (s *Sink) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		s.signalLocked()
+		s.mu.Unlock()
+		close(s.stop)
+		<-s.done
+		if uerr := s.sub.Unsubscribe(); uerr != nil && !errors.Is(uerr, nats.ErrConnectionClosed) {
+			err = fmt.Errorf("stream: close sink: %w", uerr)
+		}
+	})
+	return err
+}
+
+// onAck runs on the subscription's goroutine, owned by the connection.
+func (s *Sink) onAck(m *nats.Msg) {
+	id, err := strconv.ParseUint(strings.TrimPrefix(m.Subject, s.prefix), 10, 64)
+	if err != nil {
+		return
+	}
+	ackErr := pubAckError(m)
+	s.mu.Lock()
+	sl := &s.slots[id%uint64(len(s.slots))]
+	if sl.id != id {
+		// A late PubAck of a message that was resent and acknowledged since.
+		s.mu.Unlock()
+		return
+	}
+	if ackErr != nil {
+		if !sl.deadline.IsZero() {
+			sl.deadline = time.Time{}
+			s.failed++
+		}
+		s.markDownLocked(ackErr)
+		s.mu.Unlock()
+		return
+	}
+	b := sl.b
+	if sl.deadline.IsZero() {
+		s.failed-- // a PubAck of an earlier send arrived after all
+	}
+	*sl = slot{}
+	s.inflight--
+	if s.down != nil {
+		s.recoverLocked()
+	}
+	s.signalLocked()
+	s.mu.Unlock()
+	b.Commit(1)
+}
+
+// publishFailed marks message id for a resend after the client refused it.
+func (s *Sink) publishFailed(id uint64, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sl := &s.slots[id%uint64(len(s.slots))]
+	if sl.id == id && !sl.deadline.IsZero() {
+		sl.deadline = time.Time{}
+		s.failed++
+	}
+	s.markDownLocked(fmt.Errorf("publish: %w", err))
+}
+
+// markDownLocked starts an outage, logging it once.
+func (s *Sink) markDownLocked(cause error) {
+	if s.down != nil {
+		return
+	}
+	s.down = &outage{since: time.Now(), cause: cause}
+	s.log.Warn("stream is not taking frames; holding stations back and retrying",
+		"cause", cause, "unacknowledged", s.inflight)
+	s.kickLocked()
+}
+
+// recoverLocked ends the outage on the first PubAck that succeeds.
+func (s *Sink) recoverLocked() {
+	s.log.Info("stream is taking frames again", "down_for", time.Since(s.down.since).Round(time.Millisecond),
+		"resend_rounds", s.down.resends, "waiting_resend", s.failed)
+	s.down = nil
+	s.kickLocked() // resend the rest now rather than at the next back-off
+}
+
+func (s *Sink) kickLocked() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// resendFromReconnect is called when the connection came back: PubAcks sent
+// while it was down are lost, so everything unacknowledged is resent now.
+func (s *Sink) resendFromReconnect() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range s.slots {
+		sl := &s.slots[i]
+		if sl.id != 0 && !sl.deadline.IsZero() {
+			sl.deadline = time.Time{}
+			s.failed++
+		}
+	}
+	if s.failed > 0 {
+		s.kickLocked()
+	}
+}
+
+// resendLoop owns timeouts and resends. It exits when Close closes stop.
+func (s *Sink) resendLoop() {
+	defer close(s.done)
+	tick := time.NewTicker(min(max(s.timeout/10, 10*time.Millisecond), 250*time.Millisecond))
+	defer tick.Stop()
+	mb := newMsgBuilder()
+	backoff := minBackoff
+	var nextTry time.Time
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-tick.C:
+		case <-s.kick:
+		}
+		now := time.Now()
+		s.mu.Lock()
+		if s.inflight > s.failed {
+			s.expireLocked(now)
+		}
+		if s.down == nil {
+			backoff, nextTry = minBackoff, time.Time{}
+		}
+		if s.failed == 0 || now.Before(nextTry) {
+			s.mu.Unlock()
+			continue
+		}
+		if s.down != nil {
+			s.down.resends++
+			nextTry = now.Add(backoff)
+			backoff = min(backoff*2, maxBackoff)
+		}
+		s.resendLocked(mb, now)
+		s.mu.Unlock()
+	}
+}
+
+// expireLocked marks messages whose PubAck is overdue for a resend.
+func (s *Sink) expireLocked(now time.Time) {
+	expired := 0
+	for i := range s.slots {
+		sl := &s.slots[i]
+		if sl.id != 0 && !sl.deadline.IsZero() && now.After(sl.deadline) {
+			sl.deadline = time.Time{}
+			s.failed++
+			expired++
+		}
+	}
+	if expired > 0 {
+		s.markDownLocked(fmt.Errorf("%w (%s, %d messages)", ErrAckTimeout, s.timeout, expired))
+	}
+}
+
+// resendLocked publishes every message waiting for a resend, in id order so
+// that a recovered stream stores them in the order they came. It holds mu
+// while publishing: a resent frame's batch must not be committed (and
+// recycled) by a late PubAck while its payload is being copied. Publishing
+// only buffers, so this holds the lock briefly, and only during outages.
+func (s *Sink) resendLocked(mb *msgBuilder, now time.Time) {
+	n := uint64(len(s.slots))
+	for id := s.next - min(s.next-1, n); id < s.next; id++ {
+		sl := &s.slots[id%n]
+		if sl.id != id || !sl.deadline.IsZero() {
+			continue
+		}
+		sl.deadline = now.Add(s.timeout)
+		s.failed--
+		if err := s.nc.PublishMsg(mb.build(s, sl.b, sl.i, id)); err != nil {
+			sl.deadline = time.Time{}
+			s.failed++
+			s.markDownLocked(fmt.Errorf("publish: %w", err))
+			s.log.Debug("resend failed", "err", err)
+			return // the rest would fail alike; next round
+		}
+	}
+}
+
+// pubAckError tells a PubAck from an error reply.
+func pubAckError(m *nats.Msg) error {
+	if len(m.Data) == 0 {
+		if st := m.Header.Get("Status"); st == "503" {
+			return ErrNoResponders
+		} else {
+			return fmt.Errorf("%w: empty reply (status %q)", ErrPubAck, st)
+		}
+	}
+	if !bytes.Contains(m.Data, []byte(`"error":`)) {
+		return nil
+	}
+	var r struct {
+		Error *jetstream.APIError `json:"error"`
+	}
+	if err := json.Unmarshal(m.Data, &r); err != nil || r.Error == nil {
+		return fmt.Errorf("%w: unreadable reply %q", ErrPubAck, m.Data)
+	}
+	return fmt.Errorf("%w: %w", ErrPubAck, r.Error)
+}
+
+// msgBuilder fills one reusable message. The header map and its value slices
+// are reused: PublishMsg serialises them before it returns.
+type msgBuilder struct {
+	msg                                    nats.Msg
+	station, session, seq, received, msgID []string
+	subjects                               map[string]string // station → subject
+	buf                                    []byte
+}
+
+func newMsgBuilder() *msgBuilder {
+	mb := &msgBuilder{
+		station:  make([]string, 1),
+		session:  make([]string, 1),
+		seq:      make([]string, 1),
+		received: make([]string, 1),
+		msgID:    make([]string, 1),
+		subjects: make(map[string]string),
+	}
+	mb.msg.Header = nats.Header{
+		HeaderStation:  mb.station,
+		HeaderSession:  mb.session,
+		HeaderSeq:      mb.seq,
+		HeaderReceived: mb.received,
+		HeaderMsgID:    mb.msgID,
+	}
+	return mb
+}
+
+// build fills the message for frame i of b, sent as message id.
+func (mb *msgBuilder) build(s *Sink, b *pipeline.Batch, i int, id uint64) *nats.Msg {
+	f := &b.Frames[i]
+	subj, ok := mb.subjects[f.Station]
+	if !ok {
+		if len(mb.subjects) >= 4096 {
+			clear(mb.subjects) // stations come and go; bound the cache
+		}
+		subj = Subject(f.Station)
+		mb.subjects[f.Station] = subj
+	}
+	mb.msg.Subject = subj
+	mb.msg.Data = f.Payload
+	mb.buf = strconv.AppendUint(append(mb.buf[:0], s.prefix...), id, 10)
+	mb.msg.Reply = string(mb.buf)
+	mb.station[0] = f.Station
+	mb.session[0] = f.Session
+	mb.seq[0] = strconv.FormatUint(f.Seq, 10)
+	mb.received[0] = f.Received.UTC().Format(time.RFC3339Nano)
+	mb.msgID[0] = MsgID(s.bootID, f.Session, f.Seq)
+	return &mb.msg
+}
+
+// MsgID is the Nats-Msg-Id of a frame: boot id, session and sequence number,
+// separated by '/'. The boot id keeps two runs of the gateway, whose session
+// numbers restart, from deduplicating each other's frames.
+func MsgID(bootID, session string, seq uint64) string {
+	return bootID + "/" + session + "/" + strconv.FormatUint(seq, 10)
+}

@@ -1,0 +1,321 @@
+// Package tail is `meridian tail`: it reads the telemetry stream with an
+// ordered consumer — ephemeral, in memory, removed by the server shortly after
+// tail exits — and writes frames as text, JSON, hex or the original
+// length-prefixed frames.
+package tail
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/meridian-telemetry/meridian/internal/config"
+	"github.com/meridian-telemetry/meridian/internal/stream"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ErrUsage marks invalid options; the CLI exits with status 2 on it.
+var ErrUsage = errors.New("tail: invalid options")
+
+// Output formats.
+const (
+	FormatText = "text" // one line per frame: metadata, no payload
+	FormatJSON = "json" // one JSON object per line, payload in base64
+	FormatHex  = "hex"  // the text line, then a hex dump of the payload
+	FormatRaw  = "raw"  // the frames as stations sent them: 4-byte big-endian length, payload
+)
+
+// Defaults of the options.
+const (
+	DefaultURL     = "nats://127.0.0.1:4222"
+	DefaultDataDir = "./meridian-data"
+)
+
+// Options are the flags of `meridian tail`.
+type Options struct {
+	// NATS is the server to read from; URL defaults to DefaultURL. Without
+	// any credentials the token is read from DataDir/nats-token.
+	NATS    stream.Client
+	DataDir string // default DefaultDataDir
+	Stream  string // default TELEMETRY
+
+	Station string // identity (10.0.0.7, gs-eu-1.example.net) or subject token (10-0-0-7); "" = all
+	Since   string // a duration back from now (90s, 36h, 7d) or an RFC 3339 time
+	Last    int    // start with the last N frames (of Station, if set)
+	Count   int    // exit after N frames; 0 = follow until ctx ends
+	Format  string // text (default), json, hex or raw
+}
+
+// Run writes frames to w until opts.Count frames were written or ctx ends,
+// which is a normal exit (nil). Without Since or Last it shows only frames
+// that arrive after it started, like tail -f.
+func Run(ctx context.Context, opts Options, w io.Writer) error {
+	err := run(ctx, opts, w)
+	if err != nil && ctx.Err() != nil && !errors.Is(err, ErrUsage) {
+		return nil // interrupted (Ctrl-C) at whatever step: a normal end
+	}
+	return err
+}
+
+func run(ctx context.Context, opts Options, w io.Writer) error {
+	start, err := opts.normalize(time.Now())
+	if err != nil {
+		return err
+	}
+	nc, err := opts.connect()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("tail: %w", err)
+	}
+	s, err := js.Stream(ctx, opts.Stream)
+	if err != nil {
+		return fmt.Errorf("tail: stream %s: %w", opts.Stream, err)
+	}
+	ocfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverNewPolicy}
+	var filter string
+	if opts.Station != "" {
+		filter = stream.Subject(opts.Station)
+		ocfg.FilterSubjects = []string{filter}
+	}
+	switch {
+	case start != nil:
+		ocfg.DeliverPolicy, ocfg.OptStartTime = jetstream.DeliverByStartTimePolicy, start
+	case opts.Last > 0:
+		seq, err := lastN(ctx, js, s, filter, uint64(opts.Last))
+		if err != nil {
+			return err
+		}
+		ocfg.DeliverPolicy, ocfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, seq
+	}
+	cons, err := s.OrderedConsumer(ctx, ocfg)
+	if err != nil {
+		return fmt.Errorf("tail: consumer: %w", err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return fmt.Errorf("tail: consumer: %w", err)
+	}
+	defer it.Stop()
+
+	bw := bufio.NewWriterSize(w, 64*1024)
+	out := &writer{w: bw, format: opts.Format}
+	for n := 0; opts.Count == 0 || n < opts.Count; n++ {
+		m, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			if ctx.Err() != nil {
+				_ = bw.Flush()
+				return ctx.Err()
+			}
+			return fmt.Errorf("tail: %w", err)
+		}
+		if err := out.write(m); err != nil {
+			return fmt.Errorf("tail: write: %w", err)
+		}
+		// Flush when caught up, so a follower sees frames as they come
+		// while a backlog streams out in large writes.
+		if md, err := m.Metadata(); err != nil || md.NumPending == 0 {
+			if err := bw.Flush(); err != nil {
+				return fmt.Errorf("tail: write: %w", err)
+			}
+		}
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("tail: write: %w", err)
+	}
+	return nil
+}
+
+// normalize fills defaults, checks the options and returns the start time
+// Since names, if any.
+func (o *Options) normalize(now time.Time) (*time.Time, error) {
+	if o.NATS.URL == "" {
+		o.NATS.URL = DefaultURL
+	}
+	if o.DataDir == "" {
+		o.DataDir = DefaultDataDir
+	}
+	if o.Stream == "" {
+		o.Stream = config.Default().Stream
+	}
+	if o.NATS.Name == "" {
+		o.NATS.Name = "meridian-tail"
+	}
+	switch o.Format {
+	case "":
+		o.Format = FormatText
+	case FormatText, FormatJSON, FormatHex, FormatRaw:
+	default:
+		return nil, fmt.Errorf("%w: --format %q is not one of text, json, hex, raw", ErrUsage, o.Format)
+	}
+	if o.Last < 0 {
+		return nil, fmt.Errorf("%w: --last must not be negative", ErrUsage)
+	}
+	if o.Count < 0 {
+		return nil, fmt.Errorf("%w: --count must not be negative", ErrUsage)
+	}
+	if o.Since == "" {
+		return nil, nil
+	}
+	if o.Last > 0 {
+		return nil, fmt.Errorf("%w: --since and --last exclude each other", ErrUsage)
+	}
+	if d, err := config.ParseDuration(o.Since); err == nil {
+		t := now.Add(-d)
+		return &t, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, o.Since)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --since %q is neither a duration (90s, 36h, 7d) nor an RFC 3339 time", ErrUsage, o.Since)
+	}
+	return &t, nil
+}
+
+// connect dials the server, with the data dir's token when no credentials
+// were given (the embedded server's case).
+func (o *Options) connect() (*nats.Conn, error) {
+	c := o.NATS
+	if c.Token == "" && c.Creds == "" && c.User == "" {
+		tok, err := stream.ReadToken(o.DataDir)
+		switch {
+		case err == nil:
+			c.Token = tok
+		case !errors.Is(err, stream.ErrNoToken):
+			return nil, fmt.Errorf("tail: %w", err)
+		}
+	}
+	nc, err := c.Connect()
+	if err != nil {
+		return nil, fmt.Errorf("tail: %w", err)
+	}
+	return nc, nil
+}
+
+// lastN finds the stream sequence from which n frames (matching filter)
+// remain. JetStream has no "n back" delivery, so it binary-searches the
+// sequence with the pending count of a short-lived probe consumer: about
+// log2(stream length) requests.
+func lastN(ctx context.Context, js jetstream.JetStream, s jetstream.Stream, filter string, n uint64) (uint64, error) {
+	info, err := s.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("tail: stream info: %w", err)
+	}
+	pending := func(seq uint64) (uint64, error) {
+		cc := jetstream.ConsumerConfig{
+			DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+			OptStartSeq:       seq,
+			AckPolicy:         jetstream.AckNonePolicy,
+			MemoryStorage:     true,
+			InactiveThreshold: 10 * time.Second, // in case the delete below is lost
+		}
+		if filter != "" {
+			cc.FilterSubject = filter
+		}
+		c, err := s.CreateConsumer(ctx, cc)
+		if err != nil {
+			return 0, fmt.Errorf("tail: probe consumer: %w", err)
+		}
+		p := c.CachedInfo().NumPending
+		_ = js.DeleteConsumer(ctx, info.Config.Name, c.CachedInfo().Name)
+		return p, nil
+	}
+	lo, hi := info.State.FirstSeq, info.State.LastSeq
+	if lo == 0 || hi < lo {
+		return 1, nil // empty stream
+	}
+	if p, err := pending(lo); err != nil || p <= n {
+		return lo, err
+	}
+	// Invariant: pending(lo) > n, pending(hi+1) = 0 ≤ n. Find the largest
+	// seq with pending(seq) ≥ n.
+	for lo < hi {
+		mid := lo + (hi-lo+1)/2
+		p, err := pending(mid)
+		if err != nil {
+			return 0, err
+		}
+		if p >= n {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	return lo, nil
+}
+
+// writer formats messages.
+type writer struct {
+	w      *bufio.Writer
+	format string
+	line   []byte
+}
+
+// record is the JSON form of a frame.
+type record struct {
+	StreamSeq uint64 `json:"stream_seq"`
+	Subject   string `json:"subject"`
+	Station   string `json:"station"`
+	Session   string `json:"session"`
+	Seq       uint64 `json:"seq"`
+	Received  string `json:"received"`
+	Size      int    `json:"size"`
+	Payload   []byte `json:"payload"`
+}
+
+func (wr *writer) write(m jetstream.Msg) error {
+	h := m.Headers()
+	data := m.Data()
+	if wr.format == FormatRaw {
+		var hdr [4]byte
+		binary.BigEndian.PutUint32(hdr[:], uint32(len(data)))
+		if _, err := wr.w.Write(hdr[:]); err != nil {
+			return err
+		}
+		_, err := wr.w.Write(data)
+		return err
+	}
+	r := record{
+		Subject:  m.Subject(),
+		Station:  h.Get(stream.HeaderStation),
+		Session:  h.Get(stream.HeaderSession),
+		Received: h.Get(stream.HeaderReceived),
+		Size:     len(data),
+		Payload:  data,
+	}
+	r.Seq, _ = strconv.ParseUint(h.Get(stream.HeaderSeq), 10, 64)
+	if md, err := m.Metadata(); err == nil {
+		r.StreamSeq = md.Sequence.Stream
+	}
+	if wr.format == FormatJSON {
+		b, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		_, err = wr.w.Write(append(b, '\n'))
+		return err
+	}
+	wr.line = fmt.Appendf(wr.line[:0], "stream_seq=%d received=%s station=%s session=%s seq=%d size=%d\n",
+		r.StreamSeq, r.Received, r.Station, r.Session, r.Seq, r.Size)
+	if _, err := wr.w.Write(wr.line); err != nil {
+		return err
+	}
+	if wr.format == FormatHex {
+		d := hex.Dumper(wr.w)
+		if _, err := d.Write(data); err != nil {
+			return err
+		}
+		return d.Close()
+	}
+	return nil
+}

@@ -1,0 +1,365 @@
+package station
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/meridian-telemetry/meridian/internal/frame"
+)
+
+// writeBufSize bounds one socket write: frames are copied into a buffer of
+// this size and written together, so that a busy client makes one syscall
+// per batch rather than per frame.
+const writeBufSize = 128 << 10
+
+// Client is a connection to a gateway that survives the gateway: it queues
+// frames, writes them in order, tracks their acknowledgement and resends the
+// unacknowledged ones on a new session after a disconnect. Its methods are
+// safe for concurrent use.
+//
+// Every frame gets a sequence number, from 1, in the order Send accepted it.
+// Acked is the number of frames, counted from the first, that the gateway's
+// sink has durably accepted; it never goes backwards, across sessions too.
+type Client struct {
+	addr string
+	opts options
+	log  *slog.Logger
+
+	// ctx ends the client's goroutines; cancelled when Close gives up
+	// waiting. Immutable after Dial.
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{} // closed when run returns
+
+	wake chan struct{} // capacity 1: "there is something to write"
+
+	// Lock-free mirrors of mu-guarded counters, for cheap progress reads.
+	sentA, ackedA, reconnects, resent atomic.Uint64
+
+	mu sync.Mutex // guards the fields below
+	// ring holds the frames not yet acknowledged, framed (length prefix and
+	// payload): frame seq lives in ring[(seq-1)%window]. A slot's buffer is
+	// reused once its frame is acknowledged.
+	ring         [][]byte
+	sent         uint64        // highest sequence number handed to Send
+	acked        uint64        // frames acknowledged, cumulative
+	written      uint64        // highest sequence handed to the socket on this session
+	maxWritten   uint64        // highest sequence ever handed to a socket
+	closing      bool          // Close was called: Send refuses, the writer half-closes when done
+	err          error         // terminal: Send and WaitAcked return it
+	result       error         // what run ended with (nil: closed with everything acknowledged)
+	ackWait      chan struct{} // closed when acked grows or err is set; nil without waiters
+	flushes      []flushRec    // socket writes not fully acknowledged, oldest first (latency observer only)
+	lastProgress time.Time     // last ACK progress, or the write that started an unacknowledged run
+	wbuf         []byte        // the writer's batch buffer; only the current session's writer uses it
+}
+
+// flushRec remembers when frames first..last were handed to the socket.
+type flushRec struct {
+	first, last uint64
+	at          time.Time
+}
+
+// Dial connects to the gateway at addr (host:port) and returns a client
+// ready to Send. The first connection attempt is bounded by ctx and is not
+// retried: an unreachable gateway is reported here. Later disconnects are
+// handled by the reconnect policy.
+func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
+	o := options{
+		maxFrame:    DefaultMaxFrame,
+		window:      DefaultWindow,
+		deadTimeout: DefaultDeadTimeout,
+		keepalive:   DefaultKeepalive,
+		dialTimeout: DefaultDialTimeout,
+		reconnect:   DefaultReconnect,
+		log:         slog.New(slog.DiscardHandler),
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := errors.Join(o.errs...); err != nil {
+		return nil, err
+	}
+	o.reconnect = o.reconnect.withDefaults()
+	c := &Client{
+		addr: addr,
+		opts: o,
+		log:  o.log.With("gateway", addr),
+		done: make(chan struct{}),
+		wake: make(chan struct{}, 1),
+		ring: make([][]byte, o.window),
+		wbuf: make([]byte, 0, writeBufSize),
+	}
+	conn, err := c.dial(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("station: gateway %s unreachable: %w", addr, err)
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	go c.run(conn)
+	return c, nil
+}
+
+func (c *Client) dial(ctx context.Context) (net.Conn, error) {
+	d := &net.Dialer{KeepAlive: 30 * time.Second}
+	if c.opts.tls == nil {
+		return d.DialContext(ctx, "tcp", c.addr)
+	}
+	td := &tls.Dialer{NetDialer: d, Config: c.opts.tls}
+	return td.DialContext(ctx, "tcp", c.addr)
+}
+
+// Send queues a copy of payload as the next frame and returns; the frame is
+// written in the background and kept until the gateway acknowledges it.
+// Send blocks while the window is full, until ctx ends. A payload above the
+// maximum frame size fails with ErrPayloadTooLarge, an empty one with
+// ErrEmptyPayload, and one after Close with ErrClosed; after a fatal error (see Err) Send returns that error.
+func (c *Client) Send(ctx context.Context, payload []byte) error {
+	if len(payload) == 0 {
+		return ErrEmptyPayload
+	}
+	if len(payload) > c.opts.maxFrame {
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrPayloadTooLarge, len(payload), c.opts.maxFrame)
+	}
+	window := uint64(len(c.ring))
+	c.mu.Lock()
+	for {
+		if c.err != nil {
+			err := c.err
+			c.mu.Unlock()
+			return err
+		}
+		if c.closing {
+			c.mu.Unlock()
+			return ErrClosed
+		}
+		if c.sent-c.acked < window {
+			break
+		}
+		ch := c.ackWaitLocked()
+		c.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		c.mu.Lock()
+	}
+	seq := c.sent + 1
+	slot := &c.ring[(seq-1)%window]
+	if n := frame.HeaderSize + len(payload); cap(*slot) < n {
+		*slot = make([]byte, 0, n)
+	}
+	*slot = frame.AppendData((*slot)[:0], payload)
+	c.sent = seq
+	c.sentA.Store(seq)
+	c.mu.Unlock()
+	c.kick()
+	return nil
+}
+
+func (c *Client) kick() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// ackWaitLocked returns a channel closed at the next change of acked or err.
+func (c *Client) ackWaitLocked() chan struct{} {
+	if c.ackWait == nil {
+		c.ackWait = make(chan struct{})
+	}
+	return c.ackWait
+}
+
+func (c *Client) signalLocked() {
+	if c.ackWait != nil {
+		close(c.ackWait)
+		c.ackWait = nil
+	}
+}
+
+// Sent returns how many frames Send has accepted; the last one has this
+// sequence number.
+func (c *Client) Sent() uint64 { return c.sentA.Load() }
+
+// Acked returns how many frames, counted from the first, the gateway has
+// acknowledged.
+func (c *Client) Acked() uint64 { return c.ackedA.Load() }
+
+// Stats is a snapshot of a client's counters.
+type Stats struct {
+	Sent       uint64 // frames accepted by Send
+	Acked      uint64 // frames acknowledged
+	Resent     uint64 // frame writes repeated on a new session after a disconnect
+	Reconnects uint64 // sessions opened after the first
+}
+
+// Stats returns the client's counters.
+func (c *Client) Stats() Stats {
+	return Stats{
+		Sent:       c.sentA.Load(),
+		Acked:      c.ackedA.Load(),
+		Resent:     c.resent.Load(),
+		Reconnects: c.reconnects.Load(),
+	}
+}
+
+// WaitAcked blocks until at least n frames are acknowledged. It fails when
+// ctx ends, or with the client's terminal error (ErrClosed after Close, or
+// the fatal error in Err) if those frames can no longer be acknowledged.
+func (c *Client) WaitAcked(ctx context.Context, n uint64) error {
+	c.mu.Lock()
+	for c.acked < n {
+		if c.err != nil {
+			err := c.err
+			c.mu.Unlock()
+			return err
+		}
+		ch := c.ackWaitLocked()
+		c.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("station: waiting for %d acknowledged frames: %w", n, ctx.Err())
+		}
+		c.mu.Lock()
+	}
+	c.mu.Unlock()
+	return nil
+}
+
+// Done is closed when the client has stopped: after Close, or after a fatal
+// error (a CLOSE reason that retrying cannot fix, or an exhausted reconnect
+// policy).
+func (c *Client) Done() <-chan struct{} { return c.done }
+
+// Err returns nil while the client runs, ErrClosed after a clean Close, and
+// otherwise the error that stopped it.
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// Close stops accepting frames, writes what is queued, waits until the
+// gateway has acknowledged every frame, half-closes the connection and waits
+// for the gateway to close its side: a clean end in which nothing is lost.
+// Reconnects go on meanwhile. When ctx ends first, Close drops the connection
+// and reports how many frames were left unacknowledged. Close returns the
+// fatal error if the client had already stopped on one. Calling it again
+// waits for the first call's outcome.
+func (c *Client) Close(ctx context.Context) error {
+	c.mu.Lock()
+	c.closing = true
+	c.mu.Unlock()
+	c.kick()
+	var ctxErr error
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		ctxErr = ctx.Err()
+		c.cancel()
+		<-c.done
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.result == nil {
+		return nil
+	}
+	if ctxErr != nil && errors.Is(c.result, ErrClosed) {
+		return fmt.Errorf("station: close: %d of %d frames unacknowledged: %w", c.sent-c.acked, c.sent, ctxErr)
+	}
+	return c.result
+}
+
+// finish records how run ended and releases every waiter.
+func (c *Client) finish(err error) {
+	c.mu.Lock()
+	c.result = err
+	if err == nil {
+		c.err = ErrClosed
+	} else {
+		c.err = err
+	}
+	c.signalLocked()
+	c.mu.Unlock()
+	c.cancel()
+}
+
+// run owns the connection: it runs one session at a time and, between
+// them, decides whether to reconnect. It is the client's only long-lived
+// goroutine; sessions add a writer that run waits for.
+func (c *Client) run(conn net.Conn) {
+	defer close(c.done)
+	failures := 0
+	for {
+		end := c.session(conn)
+		c.mu.Lock()
+		finished := c.closing && c.acked == c.sent
+		c.mu.Unlock()
+		switch {
+		case finished:
+			c.log.Debug("station: closed", "acked", c.ackedA.Load())
+			c.finish(nil)
+			return
+		case c.ctx.Err() != nil:
+			c.finish(ErrClosed)
+			return
+		}
+		var ce *CloseError
+		if errors.As(end.err, &ce) && ce.Reason.Fatal() {
+			c.log.Error("station: session refused", "err", end.err)
+			c.finish(end.err)
+			return
+		}
+		c.log.Info("station: session ended, reconnecting", "err", end.err, "unacked", c.sentA.Load()-c.ackedA.Load())
+		if c.opts.onDisconnect != nil {
+			c.opts.onDisconnect(end.err)
+		}
+		if end.progressed {
+			failures = 0
+		} else {
+			failures++
+		}
+		lastErr := end.err
+		conn = nil
+		for conn == nil {
+			p := c.opts.reconnect
+			if p.MaxAttempts < 0 || (p.MaxAttempts > 0 && failures >= p.MaxAttempts) {
+				c.finish(fmt.Errorf("%w after %d attempts: %w", ErrReconnectGaveUp, failures, lastErr))
+				return
+			}
+			t := time.NewTimer(p.delay(max(failures, 1)))
+			select {
+			case <-t.C:
+			case <-c.ctx.Done():
+				t.Stop()
+				c.finish(ErrClosed)
+				return
+			}
+			ctx, cancel := context.WithTimeout(c.ctx, c.opts.dialTimeout)
+			var err error
+			conn, err = c.dial(ctx)
+			cancel()
+			if err != nil {
+				if c.ctx.Err() != nil {
+					c.finish(ErrClosed)
+					return
+				}
+				c.log.Debug("station: reconnect failed", "err", err, "attempt", failures+1)
+				lastErr = err
+				failures++
+			}
+		}
+		c.reconnects.Add(1)
+		c.log.Info("station: reconnected", "resend", c.sentA.Load()-c.ackedA.Load())
+	}
+}

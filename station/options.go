@@ -1,0 +1,203 @@
+package station
+
+import (
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/meridian-telemetry/meridian/internal/frame"
+)
+
+// Defaults of the options. The dead-gateway timeout assumes the gateway's
+// default 30s heartbeat; keepalives stay well under its 60s idle timeout.
+const (
+	DefaultMaxFrame    = frame.DefaultMaxFrame
+	DefaultWindow      = 1024
+	DefaultDeadTimeout = 90 * time.Second
+	DefaultKeepalive   = 20 * time.Second
+	DefaultDialTimeout = 10 * time.Second
+)
+
+// ReconnectPolicy says how the client reconnects after a session ends for a
+// reason that is not fatal. Delays grow exponentially from Initial to Max;
+// each is spread by ±Jitter so that stations dropped together do not come
+// back together.
+type ReconnectPolicy struct {
+	Initial    time.Duration // first delay; 0 means 100ms
+	Max        time.Duration // cap on the delay; 0 means 10s
+	Multiplier float64       // growth per failed attempt; 0 means 2
+	Jitter     float64       // fraction of the delay, 0..1; 0 means 0.2
+	// MaxAttempts bounds consecutive failed attempts (a dial error, or a
+	// session refused before it made progress); 0 means unlimited, a
+	// negative value disables reconnecting.
+	MaxAttempts int
+}
+
+// DefaultReconnect is the policy used unless WithReconnect says otherwise.
+var DefaultReconnect = ReconnectPolicy{
+	Initial:    100 * time.Millisecond,
+	Max:        10 * time.Second,
+	Multiplier: 2,
+	Jitter:     0.2,
+}
+
+func (p ReconnectPolicy) withDefaults() ReconnectPolicy {
+	if p.Initial <= 0 {
+		p.Initial = DefaultReconnect.Initial
+	}
+	if p.Max <= 0 {
+		p.Max = DefaultReconnect.Max
+	}
+	if p.Max < p.Initial {
+		p.Max = p.Initial
+	}
+	if p.Multiplier < 1 {
+		p.Multiplier = DefaultReconnect.Multiplier
+	}
+	if p.Jitter <= 0 || p.Jitter > 1 {
+		p.Jitter = DefaultReconnect.Jitter
+	}
+	return p
+}
+
+// delay is the wait before attempt n (n ≥ 1 counts failures so far).
+func (p ReconnectPolicy) delay(n int) time.Duration {
+	d := float64(p.Initial)
+	for i := 1; i < n && d < float64(p.Max); i++ {
+		d *= p.Multiplier
+	}
+	d = min(d, float64(p.Max))
+	d *= 1 + p.Jitter*(2*rand.Float64()-1)
+	return time.Duration(d)
+}
+
+type options struct {
+	maxFrame     int
+	window       int
+	deadTimeout  time.Duration
+	keepalive    time.Duration
+	dialTimeout  time.Duration
+	reconnect    ReconnectPolicy
+	log          *slog.Logger
+	tls          *tls.Config
+	onAck        func(acked uint64)
+	onLatency    func(frames uint64, d time.Duration)
+	onDisconnect func(err error)
+	errs         []error
+}
+
+// Option configures a Client.
+type Option func(*options)
+
+// WithMaxFrame sets the largest payload Send accepts, in bytes; it should
+// match the gateway's --max-frame. Default 64 KiB.
+func WithMaxFrame(n int) Option {
+	return func(o *options) {
+		if n < 1 || n > frame.ControlBit-1 {
+			o.errs = append(o.errs, fmt.Errorf("%w: max frame %d is outside 1..%d", ErrInvalidOption, n, frame.ControlBit-1))
+			return
+		}
+		o.maxFrame = n
+	}
+}
+
+// WithWindow sets how many frames may be unacknowledged at once. Send blocks
+// while the window is full; the client keeps a copy of every frame in it.
+// Default 1024.
+func WithWindow(n int) Option {
+	return func(o *options) {
+		if n < 1 {
+			o.errs = append(o.errs, fmt.Errorf("%w: window %d is below 1", ErrInvalidOption, n))
+			return
+		}
+		o.window = n
+	}
+}
+
+// WithDeadTimeout sets how long the client waits for the gateway: a session
+// on which nothing arrived (no HEARTBEAT, no ACK) for d, or on which frames
+// stayed unacknowledged without ACK progress for d, is closed with
+// ErrGatewayDead and the client reconnects. It should be a few times the
+// gateway's heartbeat interval. 0 disables the check. Default 90s.
+func WithDeadTimeout(d time.Duration) Option {
+	return func(o *options) {
+		if d < 0 {
+			o.errs = append(o.errs, fmt.Errorf("%w: dead timeout %s is negative", ErrInvalidOption, d))
+			return
+		}
+		o.deadTimeout = d
+	}
+}
+
+// WithKeepalive sets after how long without writing the client sends a
+// zero-length keepalive frame, which keeps the gateway's idle timer from
+// closing a quiet session. It must be below the gateway's idle timeout.
+// 0 disables keepalives. Default 20s.
+func WithKeepalive(d time.Duration) Option {
+	return func(o *options) {
+		if d < 0 {
+			o.errs = append(o.errs, fmt.Errorf("%w: keepalive %s is negative", ErrInvalidOption, d))
+			return
+		}
+		o.keepalive = d
+	}
+}
+
+// WithDialTimeout bounds each reconnect attempt (TCP and TLS handshake).
+// The first dial is bounded by the context given to Dial. Default 10s.
+func WithDialTimeout(d time.Duration) Option {
+	return func(o *options) {
+		if d <= 0 {
+			o.errs = append(o.errs, fmt.Errorf("%w: dial timeout %s is not positive", ErrInvalidOption, d))
+			return
+		}
+		o.dialTimeout = d
+	}
+}
+
+// WithReconnect sets the reconnect policy; zero fields take their defaults.
+func WithReconnect(p ReconnectPolicy) Option {
+	return func(o *options) { o.reconnect = p }
+}
+
+// WithLogger sets where the client logs session changes. Default: discard.
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) {
+		if l != nil {
+			o.log = l
+		}
+	}
+}
+
+// WithTLS makes the client speak TLS. A config without ServerName gets the
+// host of the address. nil means plain TCP.
+func WithTLS(cfg *tls.Config) Option {
+	return func(o *options) { o.tls = cfg }
+}
+
+// WithOnAck registers f to be called with the new acknowledged count each
+// time it grows. f runs on the client's reading goroutine: it must be quick
+// and must not call Close.
+func WithOnAck(f func(acked uint64)) Option {
+	return func(o *options) { o.onAck = f }
+}
+
+// WithLatencyObserver registers f to be called, for each ACK, once per run of
+// frames that were written to the socket together: frames is the number of
+// frames in the run the ACK covers, d the time from the write to the ACK.
+// It costs one timestamp per socket write, not per frame. f runs on the
+// client's reading goroutine and must be quick.
+func WithLatencyObserver(f func(frames uint64, d time.Duration)) Option {
+	return func(o *options) { o.onLatency = f }
+}
+
+// WithOnDisconnect registers f to be called with the reason each time a
+// session ends and the client is about to reconnect (a *CloseError, io.EOF,
+// ErrGatewayDead, a network error). It is not called for the end of the
+// session that Close ends. f runs on the client's own goroutine and must be
+// quick.
+func WithOnDisconnect(f func(err error)) Option {
+	return func(o *options) { o.onDisconnect = f }
+}

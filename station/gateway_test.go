@@ -23,7 +23,8 @@ var fastReconnect = station.WithReconnect(station.ReconnectPolicy{Initial: time.
 func TestGatewaySendAck(t *testing.T) {
 	mem := sink.NewMemory()
 	gw := gatewaytest.Start(t, gatewaytest.Config(), mem)
-	c := dial(t, gw.Addr)
+	var disconnect atomic.Value
+	c := dial(t, gw.Addr, station.WithOnDisconnect(func(err error) { disconnect.Store(err) }))
 	ctx := testCtx(t)
 	const n = 2000
 	for i := range n {
@@ -39,7 +40,7 @@ func TestGatewaySendAck(t *testing.T) {
 	}
 	frames := mem.Frames()
 	if len(frames) != n {
-		t.Fatalf("sink holds %d frames, want %d; client stats %+v", len(frames), n, c.Stats())
+		t.Fatalf("sink holds %d frames, want %d; client stats %+v, disconnect %v", len(frames), n, c.Stats(), disconnect.Load())
 	}
 	for i, f := range frames {
 		if !bytes.Equal(f.Payload, payloadN(i)) || f.Seq != uint64(i+1) || f.Session != frames[0].Session {

@@ -26,7 +26,7 @@ type peer struct {
 
 	mu       sync.Mutex
 	conns    int
-	payloads [][]byte     // every data frame received, in arrival order
+	payloads [][]byte      // every data frame received, in arrival order
 	cond     chan struct{} // closed and replaced when payloads grows
 	holdAcks bool
 	open     []net.Conn

@@ -423,8 +423,13 @@ func (r *runner) paced(ctx context.Context, limit uint64, send func(uint64) bool
 	start := time.Now()
 	var n uint64
 	for {
-		due := min(uint64(r.o.Rate*time.Since(start).Seconds())+1, limit)
-		for n < due {
+		elapsed := time.Since(start)
+		if r.o.Duration > 0 {
+			// A late timer must not let the pacer exceed rate × duration.
+			elapsed = min(elapsed, r.o.Duration)
+		}
+		due := min(uint64(r.o.Rate*elapsed.Seconds())+1, limit)
+		for n < due && ctx.Err() == nil {
 			if !send(n + 1) {
 				return
 			}

@@ -20,7 +20,7 @@ type Histogram struct {
 
 const (
 	subBits    = 5
-	subCount   = 1 << subBits                // buckets per power of two
+	subCount   = 1 << subBits              // buckets per power of two
 	numBuckets = (64 - subBits) * subCount // enough for any int64
 )
 

@@ -149,20 +149,20 @@ func stationRun(ctx context.Context, f *stationFlags, args []string, stdin io.Re
 	switch in {
 	case stationInFile, stationInLines, stationInFramed:
 	default:
-		return fmt.Errorf("--in %q is not one of file, lines, framed", f.in)
+		return usage(fmt.Errorf("--in %q is not one of file, lines, framed", f.in))
 	}
 	if in == stationInFile && len(args) == 0 && f.count == 0 {
-		return errors.New("--in file needs FILE arguments")
+		return usage(errors.New("--in file needs FILE arguments"))
 	}
 	if f.count > 0 && len(args) > 0 {
-		return errors.New("--count sends synthetic frames: give no FILE arguments")
+		return usage(errors.New("--count sends synthetic frames: give no FILE arguments"))
 	}
 	if f.count > 0 && (f.size < 1 || f.size > f.maxFrame) {
-		return fmt.Errorf("--size %d is outside 1..%d (--max-frame)", f.size, f.maxFrame)
+		return usage(fmt.Errorf("--size %d is outside 1..%d (--max-frame)", f.size, f.maxFrame))
 	}
 	tlsCfg, err := f.tls.config()
 	if err != nil {
-		return err
+		return usage(err)
 	}
 	logLevel := slog.LevelWarn
 	if f.verbose {
@@ -186,6 +186,9 @@ func stationRun(ctx context.Context, f *stationFlags, args []string, stdin io.Re
 	dialCtx, cancel := context.WithTimeout(ctx, station.DefaultDialTimeout)
 	c, err := station.Dial(dialCtx, f.addr, opts...)
 	cancel()
+	if errors.Is(err, station.ErrInvalidOption) {
+		return usage(err)
+	}
 	if err != nil {
 		return err
 	}

@@ -323,9 +323,19 @@ func (s *Server) handshake(raw net.Conn) (*tls.Conn, tls.ConnectionState, error)
 // first, it forces the stop and returns a *ForcedError that says how many
 // frames were read but not committed.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.beginShutdown()
-	s.log.Info("shutting down: GOAWAY sent to sessions", "sessions", s.count(), "drain_timeout", s.cfg.DrainTimeout, "lame_duck", s.cfg.LameDuck)
-	if err := s.goAwayAll(ctx); err != nil {
+	return s.shutdownWith(ctx, s.cfg.LameDuck)
+}
+
+// ShutdownNow is Shutdown without the lame-duck period: every session gets
+// its GOAWAY at once (SIGINT, or a second stop request).
+func (s *Server) ShutdownNow(ctx context.Context) error {
+	return s.shutdownWith(ctx, 0)
+}
+
+func (s *Server) shutdownWith(ctx context.Context, lameDuck time.Duration) error {
+	s.beginShutdown(lameDuck)
+	s.log.Info("shutting down: stopped accepting, sending GOAWAY", "sessions", s.count(), "drain_timeout", s.cfg.DrainTimeout, "lame_duck", lameDuck)
+	if err := s.goAwayAll(ctx, lameDuck); err != nil {
 		return s.force(err)
 	}
 	if err := waitGroup(ctx, &s.conns); err != nil {
@@ -350,7 +360,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // yet committed are abandoned. It returns a *ForcedError when there were
 // any.
 func (s *Server) Close() error {
-	s.beginShutdown()
+	s.beginShutdown(0)
 	if err := s.force(errors.New("closed")); err.Frames > 0 {
 		return err
 	}
@@ -367,13 +377,13 @@ func (s *Server) force(cause error) *ForcedError {
 }
 
 // beginShutdown stops accepting. Idempotent.
-func (s *Server) beginShutdown() {
+func (s *Server) beginShutdown(lameDuck time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.shutdown.Swap(true) {
 		return
 	}
-	s.drainAt = time.Now().Add(s.cfg.LameDuck + s.cfg.DrainTimeout)
+	s.drainAt = time.Now().Add(lameDuck + s.cfg.DrainTimeout)
 	close(s.quit)
 	for ln := range s.listeners {
 		ln.Close()
@@ -383,21 +393,21 @@ func (s *Server) beginShutdown() {
 // goAwayAll tells every session to drain. With a lame-duck period the
 // GOAWAYs are spread evenly over it, so that stations behind a load balancer
 // do not all reconnect at the same instant.
-func (s *Server) goAwayAll(ctx context.Context) error {
+func (s *Server) goAwayAll(ctx context.Context, lameDuck time.Duration) error {
 	s.mu.Lock()
 	list := make([]*session.Session, 0, len(s.sessions))
 	for sess := range s.sessions {
 		list = append(list, sess)
 	}
 	s.mu.Unlock()
-	if s.cfg.LameDuck <= 0 || len(list) == 0 {
+	if lameDuck <= 0 || len(list) == 0 {
 		for _, sess := range list {
 			sess.GoAway(time.Now().Add(s.cfg.DrainTimeout))
 		}
 		return nil
 	}
 	start := time.Now()
-	step := s.cfg.LameDuck / time.Duration(len(list))
+	step := lameDuck / time.Duration(len(list))
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for i, sess := range list {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -320,10 +321,12 @@ func TestShutdownLosesNothing(t *testing.T) {
 			}
 			defer c.Close()
 			tc := c.(*net.TCPConn)
-			// Small socket buffers keep what is in flight small, so that a
-			// cooperating station's backlog drains well within the drain
-			// timeout even under the race detector.
-			_ = tc.SetWriteBuffer(16 * 1024)
+			// Like a real station, keep a bounded window of unacknowledged
+			// frames, so that a cooperating station's backlog drains well
+			// within the drain timeout even on a loaded machine.
+			const window = 256
+			var acked atomic.Uint64
+			ackCh := make(chan struct{}, 1)
 			goaway := make(chan struct{})
 			readDone := make(chan struct{})
 			go func() {
@@ -340,14 +343,33 @@ func TestShutdownLosesNothing(t *testing.T) {
 						close(goaway)
 					case frame.TypeAck:
 						res.lastAck = cf.Ack
+						acked.Store(cf.Ack)
+						select {
+						case ackCh <- struct{}{}:
+						default:
+						}
 					case frame.TypeClose:
 						res.closeR = cf.Reason
 					}
 				}
 			}()
 			first := true
+			ga := goaway
 		send:
 			for j := 0; ; j++ {
+				for uint64(res.sent)-acked.Load() >= window {
+					select {
+					case <-ackCh:
+					case <-ga:
+						if res.cooperat {
+							tc.CloseWrite()
+							break send
+						}
+						ga = nil // ignored, as an old station would
+					case <-readDone:
+						break send
+					}
+				}
 				if res.cooperat {
 					select {
 					case <-goaway:

@@ -193,7 +193,7 @@ func (f *feeder) feed(ctx context.Context, agg *pipeline.Aggregator, n int) erro
 }
 
 // jsServer starts a standalone JetStream server with a client listener.
-func jsServer(t testing.TB, storeDir string, port int) *server.Server {
+func jsServer(t testing.TB, storeDir string, port int, mods ...func(*server.Options)) *server.Server {
 	t.Helper()
 	opts := &server.Options{
 		ServerName: "ext",
@@ -203,6 +203,9 @@ func jsServer(t testing.TB, storeDir string, port int) *server.Server {
 		StoreDir:   storeDir,
 		NoSigs:     true,
 		NoLog:      true,
+	}
+	for _, mod := range mods {
+		mod(opts)
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {

@@ -153,7 +153,7 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 		return fmt.Errorf("stream: create stream %s: %w", want.Name, err)
 	}
 	log.Info("created stream", "stream", want.Name, "subjects", want.Subjects, "replicas", want.Replicas,
-		"max_age", want.MaxAge, "max_bytes", want.MaxBytes, "dedup_window", want.Duplicates)
+		"max_age", config.Duration(want.MaxAge), "max_bytes", fmtLimit(want.MaxBytes), "dedup_window", config.Duration(want.Duplicates))
 	return nil
 }
 

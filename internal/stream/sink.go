@@ -332,7 +332,15 @@ func (s *Sink) publishFailed(id uint64, err error) {
 		sl.deadline = time.Time{}
 		s.failed++
 	}
-	s.markDownLocked(fmt.Errorf("publish: %w", err))
+	s.markDownLocked(publishError(err))
+}
+
+// publishError names the common cause of a refused publish plainly.
+func publishError(err error) error {
+	if errors.Is(err, nats.ErrReconnectBufExceeded) {
+		return fmt.Errorf("publish: not connected to NATS, reconnecting: %w", err)
+	}
+	return fmt.Errorf("publish: %w", err)
 }
 
 // markDownLocked starts an outage, logging it once.
@@ -448,7 +456,7 @@ func (s *Sink) resendLocked(mb *msgBuilder, now time.Time) {
 		if err := s.nc.PublishMsg(mb.build(s, sl.b, sl.i, id)); err != nil {
 			sl.deadline = time.Time{}
 			s.failed++
-			s.markDownLocked(fmt.Errorf("publish: %w", err))
+			s.markDownLocked(publishError(err))
 			s.log.Debug("resend failed", "err", err)
 			return // the rest would fail alike; next round
 		}
@@ -517,13 +525,25 @@ func (mb *msgBuilder) build(s *Sink, b *pipeline.Batch, i int, id uint64) *nats.
 	}
 	mb.msg.Subject = subj
 	mb.msg.Data = f.Payload
-	mb.buf = strconv.AppendUint(append(mb.buf[:0], s.prefix...), id, 10)
-	mb.msg.Reply = string(mb.buf)
 	mb.station[0] = f.Station
 	mb.session[0] = f.Session
-	mb.seq[0] = strconv.FormatUint(f.Seq, 10)
-	mb.received[0] = f.Received.UTC().Format(time.RFC3339Nano)
-	mb.msgID[0] = MsgID(s.bootID, f.Session, f.Seq)
+	// The reply subject, Meridian-Seq, Meridian-Received and Nats-Msg-Id are
+	// built in one buffer and converted to one string that they slice: one
+	// allocation per frame instead of four.
+	buf := append(mb.buf[:0], s.prefix...)
+	buf = strconv.AppendUint(buf, id, 10)
+	endReply := len(buf)
+	buf = strconv.AppendUint(buf, f.Seq, 10)
+	endSeq := len(buf)
+	buf = f.Received.UTC().AppendFormat(buf, time.RFC3339Nano)
+	endRecv := len(buf)
+	buf = appendMsgID(buf, s.bootID, f.Session, f.Seq)
+	mb.buf = buf
+	all := string(buf)
+	mb.msg.Reply = all[:endReply]
+	mb.seq[0] = all[endReply:endSeq]
+	mb.received[0] = all[endSeq:endRecv]
+	mb.msgID[0] = all[endRecv:]
 	return &mb.msg
 }
 
@@ -531,5 +551,10 @@ func (mb *msgBuilder) build(s *Sink, b *pipeline.Batch, i int, id uint64) *nats.
 // separated by '/'. The boot id keeps two runs of the gateway, whose session
 // numbers restart, from deduplicating each other's frames.
 func MsgID(bootID, session string, seq uint64) string {
-	return bootID + "/" + session + "/" + strconv.FormatUint(seq, 10)
+	return string(appendMsgID(nil, bootID, session, seq))
+}
+
+func appendMsgID(b []byte, bootID, session string, seq uint64) []byte {
+	b = append(append(append(b, bootID...), '/'), session...)
+	return strconv.AppendUint(append(b, '/'), seq, 10)
 }

@@ -254,6 +254,63 @@ func TestAckAfterPersistence(t *testing.T) {
 	}
 }
 
+func TestExternalCredentials(t *testing.T) {
+	srv := jsServer(t, t.TempDir(), server.RANDOM_PORT, func(o *server.Options) {
+		o.Username, o.Password = "meridian", "s3cret"
+	})
+	cfg := testConfig(t)
+	cfg.NATSURL = srv.ClientURL()
+	cfg.NATSUser, cfg.NATSPassword = "meridian", "wrong"
+	if st, err := Open(context.Background(), cfg, testLogger(t)); err == nil {
+		st.Close()
+		t.Fatal("Open with a wrong password succeeded")
+	}
+	cfg.NATSPassword = "s3cret"
+	st := openStream(t, cfg)
+	info, err := st.JetStream().Stream(context.Background(), cfg.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// External: no byte limit unless asked for.
+	if mb := info.CachedInfo().Config.MaxBytes; mb != -1 {
+		t.Errorf("external stream MaxBytes %d, want -1", mb)
+	}
+}
+
+// TestStreamDeleted covers the "no responders" outage: with the stream gone,
+// frames wait; once it is back they are stored and committed.
+func TestStreamDeleted(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.PublishWindow = 32
+	st := openStream(t, cfg)
+	rec := newRecorder()
+	agg := runAggregator(t, st.Sink(), 64)
+	ctx := context.Background()
+	if err := st.JetStream().DeleteStream(ctx, cfg.Stream); err != nil {
+		t.Fatal(err)
+	}
+	f := newFeeder("192.0.2.1", 1, rec)
+	feedDone := make(chan error, 1)
+	go func() { feedDone <- f.feed(ctx, agg, 500) }()
+	eventually(t, "sink reports no responders", func() bool {
+		err := st.Sink().Check()
+		return errors.Is(err, ErrUnavailable) && errors.Is(err, ErrNoResponders)
+	})
+	if n := rec.count(); n != 0 {
+		t.Fatalf("%d frames committed without a stream", n)
+	}
+	if err := ensureStream(ctx, st.JetStream(), streamConfig(cfg, true), testLogger(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-feedDone; err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "all frames committed", func() bool { return rec.count() == 500 })
+	if n := len(readAll(t, st.JetStream(), cfg.Stream)); n != 500 {
+		t.Errorf("stream holds %d messages, want 500", n)
+	}
+}
+
 // TestClusterNodeLoss publishes into an R3 stream on a 3-node cluster and
 // shuts down the stream leader during the load.
 func TestClusterNodeLoss(t *testing.T) {
@@ -277,14 +334,17 @@ func TestClusterNodeLoss(t *testing.T) {
 	}
 	eventually(t, "load under way", func() bool { return rec.count() >= stations*per/4 })
 
-	info, err := st.JetStream().Stream(ctx, cfg.Stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leader := c.byName(info.CachedInfo().Cluster.Leader)
-	if leader == nil {
-		t.Fatalf("no server named %q", info.CachedInfo().Cluster.Leader)
-	}
+	// The API may be slow to answer under this load; ask until it does.
+	var leader *server.Server
+	eventually(t, "the stream leader's name", func() bool {
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		info, err := st.JetStream().Stream(actx, cfg.Stream)
+		if err == nil && info.CachedInfo().Cluster != nil {
+			leader = c.byName(info.CachedInfo().Cluster.Leader)
+		}
+		return leader != nil
+	})
 	leader.Shutdown()
 	leader.WaitForShutdown()
 	atShutdown := rec.count()

@@ -83,7 +83,12 @@ func run(ctx context.Context, opts Options, w io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("tail: stream %s: %w", opts.Stream, err)
 	}
-	ocfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverNewPolicy}
+	ocfg := jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverNewPolicy,
+		// Should tail die without deleting it (below), the server drops the
+		// consumer this soon; nats.go's default would keep it 5 minutes.
+		InactiveThreshold: 5 * time.Second,
+	}
 	var filter string
 	if opts.Station != "" {
 		filter = stream.Subject(opts.Station)
@@ -107,7 +112,16 @@ func run(ctx context.Context, opts Options, w io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("tail: consumer: %w", err)
 	}
-	defer it.Stop()
+	defer func() {
+		it.Stop()
+		// The consumer goes with tail. ctx may be cancelled already (Ctrl-C),
+		// so the delete gets its own short deadline.
+		if info := cons.CachedInfo(); info != nil {
+			dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = js.DeleteConsumer(dctx, opts.Stream, info.Name)
+			cancel()
+		}
+	}()
 
 	bw := bufio.NewWriterSize(w, 64*1024)
 	out := &writer{w: bw, format: opts.Format}

@@ -261,13 +261,19 @@ func TestTailFollow(t *testing.T) {
 	if got := out.String(); !strings.Contains(got, "seq=4 ") || !strings.Contains(got, "seq=5 ") || strings.Contains(got, "seq=3 ") {
 		t.Errorf("follow output:\n%s", got)
 	}
+	// The consumer is gone with tail.
+	if s, err := js.Stream(ctx, f.cfg.Stream); err != nil {
+		t.Fatal(err)
+	} else if n := s.CachedInfo().State.Consumers; n != 0 {
+		t.Errorf("%d consumers left after tail exited", n)
+	}
 
 	// Interrupting a follower is a normal end.
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	go func() { done <- Run(ctx2, f.opts(), io.Discard) }()
 	waitFor(t, "tail's consumer", func() bool {
 		s, err := js.Stream(ctx, f.cfg.Stream)
-		return err == nil && s.CachedInfo().State.Consumers >= 1
+		return err == nil && s.CachedInfo().State.Consumers == 1
 	})
 	cancel2()
 	if err := <-done; err != nil {

@@ -1,0 +1,113 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/meridian-telemetry/meridian/internal/frame"
+	"github.com/meridian-telemetry/meridian/internal/gateway"
+	"github.com/meridian-telemetry/meridian/internal/gateway/gatewaytest"
+	"github.com/meridian-telemetry/meridian/internal/sink"
+	"github.com/meridian-telemetry/meridian/station"
+)
+
+// stationExec runs `meridian station` with args and stdin; it returns the
+// command's error and what it wrote to stderr.
+func stationExec(t *testing.T, stdin string, args ...string) (error, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := newStationCmd()
+	var stderr bytes.Buffer
+	cmd.SetArgs(args)
+	cmd.SetIn(strings.NewReader(stdin))
+	cmd.SetOut(&stderr)
+	cmd.SetErr(&stderr)
+	cmd.SilenceUsage = true
+	cmd.SilenceErrors = true
+	err := cmd.ExecuteContext(ctx)
+	return err, stderr.String()
+}
+
+func payloads(m *sink.Memory) []string {
+	var out []string
+	for _, f := range m.Frames() {
+		out = append(out, string(f.Payload))
+	}
+	return out
+}
+
+func TestStationInputs(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	dir := t.TempDir()
+	fileA, fileB := filepath.Join(dir, "a.bin"), filepath.Join(dir, "b.txt")
+	os.WriteFile(fileA, []byte("whole\nfile"), 0o600)
+	os.WriteFile(fileB, []byte("l1\nl2\n"), 0o600)
+	framed := string(frame.AppendData(frame.AppendData(frame.AppendHeader(nil, 0), []byte("f1")), []byte("f2")))
+
+	f := func(stdin string, args []string, want ...string) {
+		t.Helper()
+		mem := sink.NewMemory()
+		gw := gatewaytest.Start(t, gatewaytest.Config(), mem)
+		err, stderr := stationExec(t, stdin, append([]string{"--addr", gw.Addr, "--progress", "0"}, args...)...)
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, stderr)
+		}
+		if got := payloads(mem); strings.Join(got, "|") != strings.Join(want, "|") {
+			t.Errorf("%v: sink holds %q, want %q", args, got, want)
+		}
+		if !strings.Contains(stderr, "all acknowledged") {
+			t.Errorf("%v: stderr %q", args, stderr)
+		}
+	}
+	f("one\ntwo\n\nthree\r\nfour", nil, "one", "two", "three", "four")
+	f(framed, []string{"--in", "framed"}, "f1", "f2")
+	f("", []string{fileA, fileB}, "whole\nfile", "l1\nl2\n")
+	f("", []string{"--in", "lines", fileB}, "l1", "l2")
+	f("", []string{"--count", "3", "--size", "4"}, "1...", "2...", "3...")
+}
+
+func TestStationErrors(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	gw := gatewaytest.Start(t, gatewaytest.Config(), sink.NewMemory())
+	down := gatewaytest.Start(t, gatewaytest.Config(), sink.NewMemory())
+	downAddr := down.Addr
+	down.Server.Close()
+	refused := gatewaytest.Start(t, gatewaytest.Config(), sink.NewMemory(),
+		gateway.WithAllow(func(string) bool { return false }))
+
+	f := func(stdin string, args []string, wantUsage bool, want ...string) {
+		t.Helper()
+		err, stderr := stationExec(t, stdin, append([]string{"--progress", "0"}, args...)...)
+		if err == nil {
+			t.Fatalf("%v: no error\n%s", args, stderr)
+		}
+		for _, w := range want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%v: error %q lacks %q", args, err, w)
+			}
+		}
+		var ue usageError
+		if errors.As(err, &ue) != wantUsage {
+			t.Errorf("%v: usage error %v, want %v", args, errors.As(err, &ue), wantUsage)
+		}
+	}
+	f("x\n", []string{"--addr", downAddr}, false, "unreachable", downAddr)
+	f("x\n", []string{"--addr", refused.Addr}, false, "gateway closed the session: not authorized")
+	f("short\n"+strings.Repeat("x", 20)+"\n", []string{"--addr", gw.Addr, "--max-frame", "10"}, false, "line 2", "too large")
+	f("", []string{"--addr", gw.Addr, "--in", "framed"}, false)[0:0:0]
+	f(string(frame.AppendHeader(nil, frame.ControlBit|1)), []string{"--addr", gw.Addr, "--in", "framed"}, false, "control bit")
+	f("", []string{"--addr", gw.Addr, "--in", "xml"}, true, "--in")
+	f("", []string{"--addr", gw.Addr, "--count", "1", "--size", "0"}, true, "--size")
+	f("", []string{"--addr", gw.Addr, "--window", "0"}, true, "window")
+}
+
+var _ = station.ErrClosed

@@ -178,8 +178,9 @@ func WithTLS(cfg *tls.Config) Option {
 }
 
 // WithOnAck registers f to be called with the new acknowledged count each
-// time it grows. f runs on the client's reading goroutine: it must be quick
-// and must not call Close.
+// time it grows. f runs on the client's reading goroutine, which no ACK
+// passes while f runs: it must be quick and must not call Send, WaitAcked or
+// Close, which may wait for that goroutine.
 func WithOnAck(f func(acked uint64)) Option {
 	return func(o *options) { o.onAck = f }
 }
@@ -188,7 +189,7 @@ func WithOnAck(f func(acked uint64)) Option {
 // frames that were written to the socket together: frames is the number of
 // frames in the run the ACK covers, d the time from the write to the ACK.
 // It costs one timestamp per socket write, not per frame. f runs on the
-// client's reading goroutine and must be quick.
+// client's reading goroutine, with the same limits as WithOnAck.
 func WithLatencyObserver(f func(frames uint64, d time.Duration)) Option {
 	return func(o *options) { o.onLatency = f }
 }

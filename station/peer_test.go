@@ -8,14 +8,13 @@ import (
 	"net"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/meridian-telemetry/meridian/internal/frame"
 )
 
 // peer is a scripted gateway on loopback: enough of the protocol to drive
 // the client into the cases the real gateway produces rarely or never
-// (unknown frame types, withheld ACKs, a refusal on connect).
+// (unknown frame types, withheld ACKs, a refusal on connect, silence).
 type peer struct {
 	t  *testing.T
 	ln net.Listener
@@ -28,7 +27,6 @@ type peer struct {
 	conns    int
 	payloads [][]byte      // every data frame received, in arrival order
 	cond     chan struct{} // closed and replaced when payloads grows
-	holdAcks bool
 	open     []net.Conn
 
 	wg sync.WaitGroup
@@ -104,31 +102,6 @@ func (p *peer) connCount() int {
 	return p.conns
 }
 
-// waitReceived waits until n data frames arrived.
-func (p *peer) waitReceived(n int) {
-	p.t.Helper()
-	deadline := time.After(10 * time.Second)
-	for {
-		p.mu.Lock()
-		got, ch := len(p.payloads), p.cond
-		p.mu.Unlock()
-		if got >= n {
-			return
-		}
-		select {
-		case <-ch:
-		case <-deadline:
-			p.t.Fatalf("peer received %d frames, want %d", got, n)
-		}
-	}
-}
-
-func (p *peer) setHoldAcks(hold bool) {
-	p.mu.Lock()
-	p.holdAcks = hold
-	p.mu.Unlock()
-}
-
 // serve reads frames and acknowledges each read batch; before each ACK it
 // calls extra (if set) to write anything else first. It returns at EOF
 // after sending the final ACK, like the gateway on a clean half-close.
@@ -155,12 +128,6 @@ func (p *peer) serveFrom(c net.Conn, count uint64, extra func(w io.Writer)) {
 		p.record(payload)
 		if br.Buffered() > 0 {
 			continue // acknowledge the whole read batch at once
-		}
-		p.mu.Lock()
-		hold := p.holdAcks
-		p.mu.Unlock()
-		if hold {
-			continue
 		}
 		if extra != nil {
 			extra(c)

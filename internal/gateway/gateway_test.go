@@ -248,8 +248,7 @@ func TestManyStations(t *testing.T) {
 				return
 			}
 			c.(*net.TCPConn).CloseWrite()
-			st := &testStation{t: t, conn: c.(*net.TCPConn)}
-			st.r = newReader(c)
+			st := &testStation{t: t, conn: c.(*net.TCPConn), r: newReader(c)}
 			var last uint64
 			_ = c.SetReadDeadline(time.Now().Add(wait))
 			for {

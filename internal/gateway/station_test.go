@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -17,10 +18,17 @@ import (
 // gateway's tests drive the wire byte by byte through it.
 type testStation struct {
 	t    testing.TB
-	conn *net.TCPConn
+	conn halfConn
 	r    *bufio.Reader
 	w    *bufio.Writer
 	sent uint64
+}
+
+// halfConn is a connection a station can half-close: TCP, or TLS (whose
+// CloseWrite sends close_notify, which the gateway reads as EOF).
+type halfConn interface {
+	net.Conn
+	CloseWrite() error
 }
 
 func dial(t testing.TB, addr string) *testStation {
@@ -29,9 +37,23 @@ func dial(t testing.TB, addr string) *testStation {
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
+	return wrap(t, c.(*net.TCPConn))
+}
+
+// dialTLS connects with TLS and completes the handshake.
+func dialTLS(t testing.TB, addr string, cfg *tls.Config) (*testStation, error) {
+	t.Helper()
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	c, err := tls.DialWithDialer(d, "tcp", addr, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return wrap(t, c), nil
+}
+
+func wrap(t testing.TB, c halfConn) *testStation {
 	t.Cleanup(func() { c.Close() })
-	tc := c.(*net.TCPConn)
-	return &testStation{t: t, conn: tc, r: bufio.NewReader(tc), w: bufio.NewWriter(tc)}
+	return &testStation{t: t, conn: c, r: bufio.NewReader(c), w: bufio.NewWriter(c)}
 }
 
 // send writes data frames and flushes.

@@ -37,21 +37,41 @@ type Batch struct {
 
 	owner   Owner
 	agg     *Aggregator // counts commits; set by Put
+	class   int         // index into slabClasses
 	slab    []byte
 	pending atomic.Int64
 }
 
-// SlabSize is the payload capacity of a pooled batch. Frames whose payload does
-// not fit travel in a batch of their own with a dedicated buffer.
-const SlabSize = 64 * 1024
+// Slab size classes. A batch gets the smallest slab that holds what its
+// session has buffered, so that a station trickling small frames does not
+// pin a large slab for every frame waiting on the store. Frames larger than
+// the largest class travel in a batch of their own with a dedicated buffer.
+var slabClasses = [...]int{4 << 10, 16 << 10, 64 << 10, 256 << 10}
 
-var batchPool = sync.Pool{New: func() any {
-	return &Batch{slab: make([]byte, 0, SlabSize)}
-}}
+// MaxSlab is the largest pooled slab.
+const MaxSlab = 256 << 10
 
-// NewBatch takes an empty batch from the pool.
-func NewBatch(owner Owner) *Batch {
-	b := batchPool.Get().(*Batch)
+var batchPools [len(slabClasses)]sync.Pool
+
+func init() {
+	for i, size := range slabClasses {
+		batchPools[i].New = func() any {
+			return &Batch{slab: make([]byte, 0, size), class: i}
+		}
+	}
+}
+
+// NewBatch takes an empty batch from the pool with room for at least hint
+// payload bytes (up to MaxSlab).
+func NewBatch(owner Owner, hint int) *Batch {
+	class := len(slabClasses) - 1
+	for i, size := range slabClasses {
+		if hint <= size {
+			class = i
+			break
+		}
+	}
+	b := batchPools[class].Get().(*Batch)
 	b.owner = owner
 	return b
 }
@@ -64,11 +84,12 @@ func (b *Batch) Release() {
 	b.Bytes = 0
 	b.owner = nil
 	b.agg = nil
-	if cap(b.slab) != SlabSize {
-		b.slab = make([]byte, 0, SlabSize)
+	if cap(b.slab) != slabClasses[b.class] {
+		// It carried one oversized frame: drop that buffer.
+		b.slab = make([]byte, 0, slabClasses[b.class])
 	}
 	b.slab = b.slab[:0]
-	batchPool.Put(b)
+	batchPools[b.class].Put(b)
 }
 
 // Room reports how many payload bytes still fit in the slab.

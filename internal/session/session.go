@@ -74,7 +74,7 @@ type Info struct {
 const smallBufSize = 256
 
 // bigBufSize is the pooled read buffer of an active session.
-const bigBufSize = 64 * 1024
+const bigBufSize = 256 * 1024
 
 var bigBufPool = sync.Pool{New: func() any { b := make([]byte, bigBufSize); return &b }}
 
@@ -104,7 +104,6 @@ type Session struct {
 	// Shutdown signalling from the gateway.
 	draining  atomic.Bool
 	drainAt   atomic.Int64 // unix nanos; valid once draining
-	endReason frame.Reason
 
 	// Commit tracking: batches in the order they were queued.
 	cmu         sync.Mutex
@@ -210,7 +209,9 @@ func (s *Session) Run(ctx context.Context) frame.Reason {
 	defer stop()
 
 	if s.cfg.Heartbeat > 0 {
+		s.wmu.Lock()
 		s.hbTimer = time.AfterFunc(s.cfg.Heartbeat, s.heartbeatDue)
+		s.wmu.Unlock()
 	}
 	reason, graceful, err := s.readLoop(ctx)
 	if ctx.Err() != nil {
@@ -297,7 +298,8 @@ func (s *Session) add(ctx context.Context, payload []byte, now time.Time) error 
 		}
 	}
 	if s.batch == nil {
-		s.batch = pipeline.NewBatch(s)
+		// What is buffered bounds what this batch can take from this read.
+		s.batch = pipeline.NewBatch(s, len(payload)+s.w-s.r)
 	}
 	s.seq++
 	s.batch.Add(pipeline.Frame{
@@ -348,9 +350,9 @@ func (s *Session) fill() error {
 	s.notePartial()
 	for {
 		d := s.deadline()
-		if err := s.conn.SetReadDeadline(d); err != nil {
-			return err
-		}
+		// An error here means the connection is closed (net.Pipe says so
+		// even when only the peer closed); the Read below reports how.
+		_ = s.conn.SetReadDeadline(d)
 		// GoAway may have poked the deadline between deadline() and the
 		// set above; if so, the drain state is new and d may be stale.
 		if s.draining.Load() && !d.Equal(s.deadline()) {
@@ -559,10 +561,6 @@ func (s *Session) waitCommitted(ctx context.Context) error {
 // finish ends the session: the final ACK once the sink has everything the
 // session read, the CLOSE when the gateway has a reason to give, then FIN.
 func (s *Session) finish(ctx context.Context, reason frame.Reason, graceful bool, cause error) {
-	s.endReason = reason
-	if s.hbTimer != nil {
-		s.hbTimer.Stop()
-	}
 	if reason == frame.ReasonTruncated {
 		s.log.Warn("station closed inside a frame; partial frame discarded", "buffered", s.w-s.r)
 	}
@@ -575,18 +573,17 @@ func (s *Session) finish(ctx context.Context, reason frame.Reason, graceful bool
 	}
 	s.wmu.Lock()
 	s.wclosed = true
-	if s.ackTimer != nil {
-		s.ackTimer.Stop()
-	}
 	s.wmu.Unlock()
 	s.writers.Wait()
 	// No writer runs any more, so nothing re-arms the timers after this.
+	s.wmu.Lock()
 	if s.hbTimer != nil {
 		s.hbTimer.Stop()
 	}
 	if s.ackTimer != nil {
 		s.ackTimer.Stop()
 	}
+	s.wmu.Unlock()
 
 	if graceful && !s.wbroken && ctx.Err() == nil {
 		out := s.wbuf[:0]
@@ -673,9 +670,11 @@ func (s *Session) writeLoop() {
 			s.log.Warn("station not reading; control frames dropped from now on", "err", err)
 			return
 		}
+		s.wmu.Lock()
 		if s.hbTimer != nil {
 			s.hbTimer.Reset(s.cfg.Heartbeat) // any write proves we are alive
 		}
+		s.wmu.Unlock()
 	}
 }
 

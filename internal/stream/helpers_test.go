@@ -172,7 +172,7 @@ func newFeeder(station string, n int, owner pipeline.Owner) *feeder {
 // feed puts n frames, in batches of f.per.
 func (f *feeder) feed(ctx context.Context, agg *pipeline.Aggregator, n int) error {
 	for n > 0 {
-		b := pipeline.NewBatch(f.owner)
+		b := pipeline.NewBatch(f.owner, f.per*max(f.size, 8))
 		for k := 0; k < f.per && n > 0; k++ {
 			b.Add(pipeline.Frame{
 				Station:  f.station,

@@ -170,42 +170,54 @@ func (s *Sink) Write(ctx context.Context, batches []*pipeline.Batch) error {
 			b.Commit(0) // hands an empty batch back to its owner
 			continue
 		}
-		for i := range b.Frames {
-			id, err := s.reserve(ctx, b, i)
+		for i := 0; i < len(b.Frames); {
+			id, n, err := s.reserve(ctx, b, i)
 			if err != nil {
 				return err
 			}
-			// The frame is read here outside the lock. That is safe: its
-			// batch cannot be fully committed before this publish is
-			// acknowledged, and a resend of it needs its deadline to pass.
-			if err := s.nc.PublishMsg(s.w.build(s, b, i, id)); err != nil {
-				s.publishFailed(id, err)
+			// The frames are read here outside the lock. That is safe: the
+			// batch cannot be fully committed before these publishes are
+			// acknowledged, and a resend of them needs their deadline to pass.
+			for k := range n {
+				if err := s.nc.PublishMsg(s.w.build(s, b, i+k, id+uint64(k))); err != nil {
+					s.publishFailed(id+uint64(k), err)
+				}
 			}
+			i += n
 		}
 	}
 	return nil
 }
 
-// reserve takes the slot of the next message, waiting while it is still in
-// use or the stream is down.
-func (s *Sink) reserve(ctx context.Context, b *pipeline.Batch, i int) (uint64, error) {
+// reserve takes the slots of the next messages, frames i... of b: as many
+// consecutive free slots as there are frames left (at least one), waiting
+// while the next slot is still in use or the stream is down. Taking a run of
+// slots per lock keeps the writer's locking off the per-frame path.
+func (s *Sink) reserve(ctx context.Context, b *pipeline.Batch, i int) (first uint64, n int, err error) {
 	s.mu.Lock()
 	for {
 		if s.closed {
 			s.mu.Unlock()
-			return 0, ErrSinkClosed
+			return 0, 0, ErrSinkClosed
 		}
-		id := s.next
-		sl := &s.slots[id%uint64(len(s.slots))]
-		if s.down == nil && sl.id == 0 {
-			s.next++
-			*sl = slot{id: id, b: b, i: i, deadline: time.Now().Add(s.timeout)}
-			s.inflight++
+		w := uint64(len(s.slots))
+		if s.down == nil && s.slots[s.next%w].id == 0 {
+			first = s.next
+			deadline := time.Now().Add(s.timeout)
+			for ; i+n < len(b.Frames); n++ {
+				sl := &s.slots[s.next%w]
+				if sl.id != 0 {
+					break
+				}
+				*sl = slot{id: s.next, b: b, i: i + n, deadline: deadline}
+				s.next++
+			}
+			s.inflight += n
 			s.mu.Unlock()
-			return id, nil
+			return first, n, nil
 		}
 		if err := s.waitLocked(ctx); err != nil {
-			return 0, fmt.Errorf("stream: write: %w", err)
+			return 0, 0, fmt.Errorf("stream: write: %w", err)
 		}
 	}
 }

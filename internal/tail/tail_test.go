@@ -85,7 +85,7 @@ func newFixture(t *testing.T) *fixture {
 // put stores n frames of station and waits for their PubAcks.
 func (f *fixture) put(station string, n int) {
 	f.t.Helper()
-	b := pipeline.NewBatch(f.own)
+	b := pipeline.NewBatch(f.own, n*64)
 	for range n {
 		f.seqs[station]++
 		seq := f.seqs[station]

@@ -1,0 +1,461 @@
+package main
+
+// These tests run the real binary as a child process: the test binary
+// re-executes itself as meridian (GO_TEST_RUN_MERIDIAN=1), so signals, exit
+// statuses and a SIGKILL in the middle of a load are real.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/meridian-telemetry/meridian/internal/cli"
+	"github.com/meridian-telemetry/meridian/internal/frame"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv("GO_TEST_RUN_MERIDIAN") == "1" {
+		os.Exit(cli.Main(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+const wait = 20 * time.Second
+
+// child is a meridian process.
+type child struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	stdout *syncBuffer
+	done   chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func start(t *testing.T, args ...string) *child {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	// MERIDIAN_* variables are configuration: the child gets none by chance.
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "MERIDIAN_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "GO_TEST_RUN_MERIDIAN=1")
+	c := &child{t: t, cmd: cmd, stderr: &syncBuffer{}, stdout: &syncBuffer{}, done: make(chan error, 1)}
+	cmd.Stderr, cmd.Stdout = c.stderr, c.stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { c.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-c.done
+		if t.Failed() {
+			t.Logf("child stderr:\n%s", c.stderr)
+		}
+	})
+	return c
+}
+
+// exit waits for the child to exit and returns its status.
+func (c *child) exit() int {
+	c.t.Helper()
+	select {
+	case err := <-c.done:
+		c.done <- err
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode()
+		}
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		return 0
+	case <-time.After(wait):
+		c.t.Fatalf("child did not exit; stderr:\n%s", c.stderr)
+		return -1
+	}
+}
+
+// waitLog polls the child's stderr until re matches, and returns the match.
+func (c *child) waitLog(re string) []string {
+	c.t.Helper()
+	rx := regexp.MustCompile(re)
+	deadline := time.Now().Add(wait)
+	for time.Now().Before(deadline) {
+		if m := rx.FindStringSubmatch(c.stderr.String()); m != nil {
+			return m
+		}
+		select {
+		case err := <-c.done:
+			c.done <- err
+			c.t.Fatalf("child exited (%v) before logging %q:\n%s", err, re, c.stderr)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	c.t.Fatalf("no log line matching %q:\n%s", re, c.stderr)
+	return nil
+}
+
+// serveArgs runs the gateway on free loopback ports.
+func serveArgs(dir string, extra ...string) []string {
+	return append([]string{"serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+		"--nats-listen", "127.0.0.1:0", "--data-dir", dir}, extra...)
+}
+
+// addrs reads the ports the child bound from its start-up line.
+func (c *child) addrs() (station, http, natsURL string) {
+	m := c.waitLog(`msg="meridian serving" listen=(\S+) sink=\S+(?: stream=\S+ nats=(\S+))? http=(\S+)`)
+	return m[1], m[3], m[2]
+}
+
+// sendFrames sends frames and returns the last ACK received (tracking
+// ACKs while sending, then the final one after half-close unless the
+// connection dies first).
+func sendFrames(addr string, payloads [][]byte, stop <-chan struct{}) (acked uint64, err error) {
+	c, err := net.DialTimeout("tcp", addr, wait)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	var mu sync.Mutex
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		r := bufio.NewReader(c)
+		var hdr [4]byte
+		for {
+			if _, err := io.ReadFull(r, hdr[:]); err != nil {
+				return
+			}
+			p := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+			if _, err := io.ReadFull(r, p); err != nil {
+				return
+			}
+			if ctl, err := frame.ParseControl(p); err == nil && ctl.Type == frame.TypeAck {
+				mu.Lock()
+				acked = ctl.Ack
+				mu.Unlock()
+			}
+		}
+	}()
+	for _, p := range payloads {
+		select {
+		case <-stop:
+			c.Close()
+			<-readDone
+			return acked, nil
+		default:
+		}
+		if _, err := c.Write(frame.AppendData(nil, p)); err != nil {
+			break
+		}
+	}
+	c.(*net.TCPConn).CloseWrite()
+	<-readDone
+	mu.Lock()
+	defer mu.Unlock()
+	return acked, nil
+}
+
+func readToken(t *testing.T, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "nats-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// streamPayloads reads every message of the stream.
+func streamPayloads(t *testing.T, url, token string) map[string]bool {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.Token(token))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	s, err := js.Stream(ctx, "TELEMETRY")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(map[string]bool)
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatalf("get %d: %v", seq, err)
+		}
+		got[string(m.Data)] = true
+	}
+	return got
+}
+
+func TestServeEmbeddedEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	c := start(t, serveArgs(dir)...)
+	station, httpAddr, natsURL := c.addrs()
+
+	var payloads [][]byte
+	for i := range 50 {
+		payloads = append(payloads, fmt.Appendf(nil, "e2e frame %d", i))
+	}
+	acked, err := sendFrames(station, payloads, nil)
+	if err != nil || acked != 50 {
+		t.Fatalf("acked %d, %v", acked, err)
+	}
+
+	// The ops listener, scraped for real.
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + httpAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get("/readyz"); code != 200 {
+		t.Fatalf("/readyz = %d", code)
+	}
+	_, metrics := get("/metrics")
+	for _, want := range []string{
+		"meridian_frames_received_total 50",
+		"meridian_frames_committed_total 50",
+		`meridian_sessions_ended_total{reason="station_closed"} 1`,
+		"go_goroutines",
+		"process_resident_memory_bytes",
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if code, body := get("/stations"); code != 200 || !strings.HasPrefix(strings.TrimSpace(body), "[") {
+		t.Errorf("/stations = %d %s", code, body)
+	}
+	if code, _ := get("/debug/pprof/"); code != 404 {
+		t.Errorf("/debug/pprof/ without --pprof = %d", code)
+	}
+
+	got := streamPayloads(t, natsURL, readToken(t, dir))
+	for _, p := range payloads {
+		if !got[string(p)] {
+			t.Fatalf("%q missing from the stream", p)
+		}
+	}
+
+	// meridian tail reads the same stream.
+	tail := start(t, "tail", "--nats-url", natsURL, "--data-dir", dir, "--last", "2", "--count", "2", "--format", "json")
+	if code := tail.exit(); code != 0 {
+		t.Fatalf("tail exit %d: %s", code, tail.stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(tail.stdout.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("tail printed %q", tail.stdout)
+	}
+	var rec struct {
+		Station string `json:"station"`
+		Seq     uint64 `json:"seq"`
+		Size    int    `json:"size"`
+	}
+	if err := json.Unmarshal([]byte(lines[1]), &rec); err != nil || rec.Seq != 50 || rec.Station != "127.0.0.1" {
+		t.Fatalf("tail json %q: %+v %v", lines[1], rec, err)
+	}
+
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	if code := c.exit(); code != 0 {
+		t.Fatalf("exit status %d after SIGTERM", code)
+	}
+	c.waitLog(`msg="meridian stopped"`)
+}
+
+// TestCrashSafety kills the gateway with SIGKILL in the middle of a load and
+// restarts it on the same data directory: every frame any station got an
+// ACK for is in the stream.
+func TestCrashSafety(t *testing.T) {
+	const stations, frames = 8, 20000
+	dir := t.TempDir()
+	c := start(t, serveArgs(dir)...)
+	station, _, _ := c.addrs()
+
+	stop := make(chan struct{})
+	acks := make([]uint64, stations)
+	var wg sync.WaitGroup
+	for i := range stations {
+		var payloads [][]byte
+		for j := range frames {
+			payloads = append(payloads, fmt.Appendf(nil, "crash station %d frame %d", i, j))
+		}
+		wg.Go(func() {
+			acks[i], _ = sendFrames(station, payloads, stop)
+		})
+	}
+	// Kill once the stream has taken a good part of the load.
+	c.waitLog(`session started`)
+	deadline := time.Now().Add(wait)
+	for {
+		resp, err := http.Get("http://" + strings.TrimPrefix(c.waitLog(`http=(\S+)`)[1], "http://") + "/metrics")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if m := regexp.MustCompile(`meridian_frames_committed_total (\d+)`).FindSubmatch(b); m != nil && len(m[1]) >= 4 {
+				break // at least 1000 frames committed
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the load never got going")
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
+	}
+	c.cmd.Process.Signal(syscall.SIGKILL)
+	c.exit()
+	close(stop)
+	wg.Wait()
+
+	var total uint64
+	for _, a := range acks {
+		total += a
+	}
+	if total == 0 {
+		t.Fatal("no station got an ACK before the kill")
+	}
+
+	again := start(t, serveArgs(dir)...)
+	_, _, natsURL := again.addrs()
+	got := streamPayloads(t, natsURL, readToken(t, dir))
+	for i, a := range acks {
+		for j := range a {
+			if p := fmt.Sprintf("crash station %d frame %d", i, j); !got[p] {
+				t.Fatalf("acknowledged frame %q lost in the crash", p)
+			}
+		}
+	}
+	t.Logf("%d acknowledged frames all survived SIGKILL; the stream holds %d", total, len(got))
+}
+
+func TestConfigErrorsExit2(t *testing.T) {
+	f := func(name string, args ...string) {
+		t.Run(name, func(t *testing.T) {
+			c := start(t, args...)
+			if code := c.exit(); code != 2 {
+				t.Fatalf("exit %d, want 2; stderr:\n%s", code, c.stderr)
+			}
+		})
+	}
+	f("unknown flag", "serve", "--no-such-flag")
+	f("bad duration", "serve", "--idle-timeout", "soon")
+	f("drain not shorter than grace", "serve", "--drain-timeout", "30s", "--shutdown-grace", "30s")
+
+	t.Run("conflicting stream", func(t *testing.T) {
+		dir := t.TempDir()
+		first := start(t, serveArgs(dir, "--sink", "jetstream")...)
+		first.addrs()
+		first.cmd.Process.Signal(syscall.SIGINT)
+		if code := first.exit(); code != 0 {
+			t.Fatalf("first run exit %d", code)
+		}
+		c := start(t, serveArgs(dir, "--retention-max-age", "1d")...)
+		if code := c.exit(); code != 2 {
+			t.Fatalf("exit %d, want 2; stderr:\n%s", code, c.stderr)
+		}
+		if !strings.Contains(c.stderr.String(), "max") {
+			t.Fatalf("the error does not name the difference:\n%s", c.stderr)
+		}
+	})
+}
+
+func TestPrintConfigRedactsSecrets(t *testing.T) {
+	c := start(t, "serve", "--print-config", "--nats-token", "s3cret", "--queue", "512")
+	if code := c.exit(); code != 0 {
+		t.Fatalf("exit %d: %s", code, c.stderr)
+	}
+	out := c.stdout.String()
+	if strings.Contains(out, "s3cret") || !strings.Contains(out, "queue: 512") {
+		t.Fatalf("print-config:\n%s", out)
+	}
+}
+
+func TestStdoutSinkAndHelp(t *testing.T) {
+	c := start(t, "serve", "--sink", "stdout", "--listen", "127.0.0.1:0", "--http-listen", "")
+	m := c.waitLog(`msg="meridian serving" listen=(\S+)`)
+	if acked, err := sendFrames(m[1], [][]byte{[]byte("hello")}, nil); err != nil || acked != 1 {
+		t.Fatalf("acked %d, %v", acked, err)
+	}
+	c.cmd.Process.Signal(syscall.SIGINT)
+	if code := c.exit(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	var rec struct {
+		Session  string `json:"session"`
+		Seq      uint64 `json:"seq"`
+		Received string `json:"received"`
+		Size     int    `json:"size"`
+		Payload  []byte `json:"payload"`
+	}
+	if err := json.Unmarshal([]byte(strings.TrimSpace(c.stdout.String())), &rec); err != nil {
+		t.Fatalf("stdout %q: %v", c.stdout, err)
+	}
+	if rec.Seq != 1 || rec.Size != 5 || string(rec.Payload) != "hello" || !strings.HasPrefix(rec.Session, "gs-1@127.0.0.1:") {
+		t.Fatalf("record %+v", rec)
+	}
+	if _, err := time.Parse(time.RFC3339Nano, rec.Received); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(c.stdout.String(), "level=") {
+		t.Fatal("logs on stdout")
+	}
+
+	help := start(t, "serve", "--help")
+	help.exit()
+	for _, flag := range []string{"--listen", "--max-frame", "--idle-timeout", "--frame-timeout", "--heartbeat",
+		"--write-timeout", "--queue", "--sink", "--drain-timeout", "--shutdown-grace", "--log-format", "--log-level",
+		"--data-dir", "--nats-url", "--store-max-bytes", "--sync", "--http-listen", "--max-sessions", "--tls-cert",
+		"--lame-duck", "--config", "--print-config", "SIGHUP", "Exit status"} {
+		if !strings.Contains(help.stdout.String(), flag) {
+			t.Errorf("serve --help lacks %s", flag)
+		}
+	}
+}

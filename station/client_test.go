@@ -229,6 +229,24 @@ func TestCloseReasons(t *testing.T) {
 	f(station.ReasonInternalError, station.ErrInternal, false)
 }
 
+// The public reason codes and limits are the protocol's.
+func TestMatchesFrame(t *testing.T) {
+	pairs := map[station.Reason]frame.Reason{
+		station.ReasonShutdown: frame.ReasonShutdown, station.ReasonIdleTimeout: frame.ReasonIdleTimeout,
+		station.ReasonFrameTimeout: frame.ReasonFrameTimeout, station.ReasonTooLarge: frame.ReasonTooLarge,
+		station.ReasonControl: frame.ReasonControl, station.ReasonBusy: frame.ReasonBusy,
+		station.ReasonUnauthorized: frame.ReasonUnauthorized, station.ReasonInternalError: frame.ReasonInternalError,
+	}
+	for s, f := range pairs {
+		if uint16(s) != uint16(f) || s.String() != f.String() {
+			t.Errorf("station reason %d (%s) vs frame %d (%s)", s, s, f, f)
+		}
+	}
+	if station.DefaultMaxFrame != frame.DefaultMaxFrame {
+		t.Errorf("DefaultMaxFrame %d, frame's %d", station.DefaultMaxFrame, frame.DefaultMaxFrame)
+	}
+}
+
 func TestCloseErrorText(t *testing.T) {
 	err := error(&station.CloseError{Reason: station.ReasonBusy})
 	if got, want := err.Error(), "gateway closed the session: server busy (server_busy)"; got != want {

@@ -47,16 +47,17 @@ var (
 // Reason is the code of a CLOSE frame (docs/protocol.md, "Close reasons").
 type Reason uint16
 
-// Close reasons a v1 gateway sends.
+// Close reasons a v1 gateway sends. The codes are part of the protocol and
+// never change meaning.
 const (
-	ReasonShutdown      Reason = Reason(frame.ReasonShutdown)
-	ReasonIdleTimeout   Reason = Reason(frame.ReasonIdleTimeout)
-	ReasonFrameTimeout  Reason = Reason(frame.ReasonFrameTimeout)
-	ReasonTooLarge      Reason = Reason(frame.ReasonTooLarge)
-	ReasonControl       Reason = Reason(frame.ReasonControl)
-	ReasonBusy          Reason = Reason(frame.ReasonBusy)
-	ReasonUnauthorized  Reason = Reason(frame.ReasonUnauthorized)
-	ReasonInternalError Reason = Reason(frame.ReasonInternalError)
+	ReasonShutdown      Reason = 1 // server shutting down (after GOAWAY)
+	ReasonIdleTimeout   Reason = 2 // no byte from the station for the idle timeout
+	ReasonFrameTimeout  Reason = 3 // a started frame did not complete in time
+	ReasonTooLarge      Reason = 4 // a frame above the gateway's max frame
+	ReasonControl       Reason = 5 // a length with the control bit set
+	ReasonBusy          Reason = 6 // session limits reached
+	ReasonUnauthorized  Reason = 7 // the station's identity is not allowed
+	ReasonInternalError Reason = 8 // the gateway failed
 )
 
 // String is the snake_case name of the reason ("server_busy"), the same label

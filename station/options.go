@@ -13,7 +13,7 @@ import (
 // Defaults of the options. The dead-gateway timeout assumes the gateway's
 // default 30s heartbeat; keepalives stay well under its 60s idle timeout.
 const (
-	DefaultMaxFrame    = frame.DefaultMaxFrame
+	DefaultMaxFrame    = 64 << 10
 	DefaultWindow      = 1024
 	DefaultDeadTimeout = 90 * time.Second
 	DefaultKeepalive   = 20 * time.Second

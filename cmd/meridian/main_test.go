@@ -459,3 +459,100 @@ func TestStdoutSinkAndHelp(t *testing.T) {
 		}
 	}
 }
+
+// rss reads a process's resident set size.
+func rss(t testing.TB, pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`VmRSS:\s+(\d+) kB`).FindSubmatch(b)
+	if m == nil {
+		t.Fatal("no VmRSS")
+	}
+	var kb int64
+	fmt.Sscan(string(m[1]), &kb)
+	return kb * 1024
+}
+
+// BenchmarkIdleSessionMemory opens 10,000 sessions to a gateway child
+// process, each sending one frame and then idling with heartbeats on, and
+// reports the child's resident memory per session. It needs an open-files
+// limit above 20,000 for both ends (ulimit -n 20000 before go test).
+//
+//	go test -run XXX -bench IdleSessionMemory -benchtime 1x ./cmd/meridian
+func BenchmarkIdleSessionMemory(b *testing.B) {
+	const sessions = 10000
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Max < sessions+1000 {
+		b.Skipf("open-files hard limit %d is too low for %d sessions", lim.Max, sessions)
+	}
+	lim.Cur = lim.Max
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		b.Fatal(err)
+	}
+	for range b.N {
+		cmd := exec.Command(os.Args[0], "serve", "--sink", "discard", "--listen", "127.0.0.1:0", "--http-listen", os.Getenv("PROBE_HTTP"),
+			"--heartbeat", "1s", "--idle-timeout", "10m")
+		cmd.Env = append(os.Environ(), "GO_TEST_RUN_MERIDIAN=1")
+		var stderr syncBuffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = cmd.Process.Kill() })
+		var addr string
+		rx := regexp.MustCompile(`listen=(\S+)`)
+		for deadline := time.Now().Add(wait); addr == ""; {
+			if m := rx.FindStringSubmatch(stderr.String()); m != nil {
+				addr = m[1]
+			} else if time.Now().After(deadline) {
+				b.Fatal("gateway did not start")
+			} else {
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+		before := rss(b, cmd.Process.Pid)
+		conns := make([]net.Conn, 0, sessions)
+		one := frame.AppendData(nil, []byte("hello from an idle station"))
+		for range sessions {
+			c, err := net.DialTimeout("tcp", addr, wait)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := c.Write(one); err != nil {
+				b.Fatal(err)
+			}
+			conns = append(conns, c)
+		}
+		// Read each station's ACK so that every session has its frame in
+		// and is idle; then let a few heartbeats go by.
+		buf := make([]byte, 64)
+		for _, c := range conns {
+			_ = c.SetReadDeadline(time.Now().Add(wait))
+			if _, err := io.ReadFull(c, buf[:13]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		time.Sleep(3 * time.Second) // heartbeats fire: the steady idle state
+		after := rss(b, cmd.Process.Pid)
+		if os.Getenv("PROBE_HTTP") != "" {
+			resp, err := http.Get("http://" + os.Getenv("PROBE_HTTP") + "/metrics")
+			if err == nil {
+				body, _ := io.ReadAll(resp.Body)
+				for _, l := range strings.Split(string(body), "\n") {
+					if strings.HasPrefix(l, "go_memstats_") || strings.HasPrefix(l, "go_goroutines") {
+						b.Log(l)
+					}
+				}
+			}
+		}
+		b.ReportMetric(float64(after-before)/sessions, "RSS-bytes/session")
+		b.ReportMetric(float64(after)/(1<<20), "RSS-MiB-total")
+		for _, c := range conns {
+			c.Close()
+		}
+		cmd.Process.Signal(syscall.SIGINT)
+		cmd.Wait()
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/meridian-telemetry/meridian/station"
@@ -182,6 +183,8 @@ func ErrorLabel(err error) string {
 		return "deadline"
 	case errors.Is(err, io.EOF):
 		return "eof"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "reset"
 	}
 	return "network"
 }

@@ -103,24 +103,39 @@ type Bucket struct {
 	Count uint64
 }
 
-// Coarse folds the buckets into powers of two, from the first non-empty to
-// the last: a short table for a text histogram.
+// Coarse folds the buckets into rows bounded by 1-2-5 steps (1µs, 2µs, 5µs,
+// 10µs, …), from the first non-empty row to the last, empty ones between
+// included: a short table for a text histogram. A fine bucket goes to the row
+// of its lower end, so a row may hold values up to ~3% above its bound.
 func (h *Histogram) Coarse() []Bucket {
 	var rows []Bucket
+	next := time.Microsecond // the smallest row bound
+	step := 0                // position in 1, 2, 5
+	advance := func() {
+		if step == 1 {
+			next = next / 2 * 5
+		} else {
+			next *= 2
+		}
+		step = (step + 1) % 3
+	}
 	for i, c := range h.counts {
 		if c == 0 {
 			continue
 		}
-		low, width := bucketBounds(i)
-		upper := time.Duration(1) << bits.Len64(low+width-1)
-		if n := len(rows); n > 0 && rows[n-1].Upper == upper {
+		low, _ := bucketBounds(i)
+		v := time.Duration(min(low, uint64(math.MaxInt64)))
+		for v > next && next < math.MaxInt64/5 {
+			if n := len(rows); n > 0 && rows[n-1].Upper != next {
+				rows = append(rows, Bucket{Upper: next}) // keep gaps visible
+			}
+			advance()
+		}
+		if n := len(rows); n > 0 && rows[n-1].Upper == next {
 			rows[n-1].Count += c
-			continue
+		} else {
+			rows = append(rows, Bucket{Upper: next, Count: c})
 		}
-		for n := len(rows); n > 0 && rows[n-1].Upper*2 < upper; n = len(rows) {
-			rows = append(rows, Bucket{Upper: rows[n-1].Upper * 2}) // keep gaps visible
-		}
-		rows = append(rows, Bucket{Upper: upper, Count: c})
 	}
 	return rows
 }

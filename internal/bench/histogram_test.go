@@ -66,3 +66,29 @@ func TestRecordNAllocs(t *testing.T) {
 		t.Errorf("RecordN allocates %v times", n)
 	}
 }
+
+func TestCoarse(t *testing.T) {
+	var h Histogram
+	h.RecordN(700*time.Nanosecond, 1) // ≤ 1µs
+	h.RecordN(3*time.Microsecond, 2)  // ≤ 5µs
+	h.RecordN(40*time.Millisecond, 4) // ≤ 50ms
+	h.RecordN(50*time.Millisecond, 8) // ≤ 50ms (within the bucket's 3%)
+	rows := h.Coarse()
+	want := map[time.Duration]uint64{time.Microsecond: 1, 5 * time.Microsecond: 2, 50 * time.Millisecond: 12}
+	var sum uint64
+	for i, r := range rows {
+		if i > 0 && r.Upper <= rows[i-1].Upper {
+			t.Fatalf("rows not increasing: %v", rows)
+		}
+		if r.Count != want[r.Upper] {
+			t.Errorf("row ≤ %v holds %d, want %d", r.Upper, r.Count, want[r.Upper])
+		}
+		sum += r.Count
+	}
+	if sum != h.Count() || rows[0].Upper != time.Microsecond || rows[len(rows)-1].Upper != 50*time.Millisecond {
+		t.Errorf("rows %v", rows)
+	}
+	if len(rows) != 15 { // 1µs … 50ms in 1-2-5 steps
+		t.Errorf("%d rows, want 15: %v", len(rows), rows)
+	}
+}

@@ -60,7 +60,7 @@ var help = map[string]string{
 	"tls-key":               "private key (PEM) of tls-cert",
 	"tls-client-ca":         "CA bundle (PEM) that station client certificates must chain to; set: mutual TLS required",
 	"tls-handshake-timeout": "bound of the TLS handshake of a station",
-	"allow-stations":        "client-certificate identities allowed to connect, comma-separated names or globs (*.gs.example); empty: any",
+	"allow-stations":        "station identities allowed to connect (the client-certificate name with mutual TLS, else the remote IP), comma-separated names or globs (*.gs.example, 10.1.*); empty: any",
 }
 
 // BindFlags registers a flag for every configuration key, named as the key,

@@ -102,8 +102,8 @@ type Session struct {
 	batch     *pipeline.Batch
 
 	// Shutdown signalling from the gateway.
-	draining  atomic.Bool
-	drainAt   atomic.Int64 // unix nanos; valid once draining
+	draining atomic.Bool
+	drainAt  atomic.Int64 // unix nanos; valid once draining
 
 	// Commit tracking: batches in the order they were queued.
 	cmu         sync.Mutex

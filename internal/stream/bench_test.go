@@ -1,7 +1,6 @@
 package stream
 
 import (
-	"os"
 	"context"
 	"fmt"
 	"slices"
@@ -16,6 +15,7 @@ import (
 // latencyOwner records, per committed batch, how long its oldest frame
 // waited for its PubAck.
 type latencyOwner struct {
+	releaser
 	mu   sync.Mutex
 	lat  []time.Duration
 	done int
@@ -32,7 +32,7 @@ func (o *latencyOwner) Committed(b *pipeline.Batch) {
 		close(o.all)
 	}
 	o.mu.Unlock()
-	// Not released: see recorder.Committed.
+	o.add(b)
 }
 
 // BenchmarkSink measures 1 KiB frames from 16 stations into the embedded
@@ -63,13 +63,10 @@ func benchSink(b *testing.B, mode string, rate int) {
 	const stations, frameSize, perBatch = 16, 1024, 16
 	cfg := testConfig(b)
 	cfg.Sync = mode
-	if v := os.Getenv("SYNC"); v != "" {
-		cfg.Sync = v
-	}
 	cfg.StoreMaxBytes = 4 * config.GiB
 	st := openStream(b, cfg)
 	owner := &latencyOwner{all: make(chan struct{}), want: b.N}
-	agg := runAggregator(b, st.Sink(), config.Default().Queue)
+	agg := runAggregator(b, owner.wrap(st.Sink()), config.Default().Queue)
 	ctx := context.Background()
 	data := make([]byte, frameSize)
 	var interval time.Duration // between one station's batches

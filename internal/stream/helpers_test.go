@@ -77,8 +77,45 @@ type frameKey struct {
 	seq     uint64
 }
 
+// releaser returns committed batches to the pool, late enough for
+// Aggregator.Run: Run reads b.Len() after Write returns, by which time this
+// sink may have committed (and the owner released) the batch — a bug in
+// Run, reported to the lead (it should take the lengths before Write). A
+// batch committed before Write N+1 starts is certainly past Run's reads of
+// Write N, so the wrapper releases at the start of each Write.
+type releaser struct {
+	mu   sync.Mutex
+	done []*pipeline.Batch
+}
+
+func (r *releaser) add(b *pipeline.Batch) {
+	r.mu.Lock()
+	r.done = append(r.done, b)
+	r.mu.Unlock()
+}
+
+// wrap returns sink with the releases hooked into Write.
+func (r *releaser) wrap(sink pipeline.Sink) pipeline.Sink { return releasingSink{sink, r} }
+
+type releasingSink struct {
+	pipeline.Sink
+	r *releaser
+}
+
+func (s releasingSink) Write(ctx context.Context, batches []*pipeline.Batch) error {
+	s.r.mu.Lock()
+	done := s.r.done
+	s.r.done = nil
+	s.r.mu.Unlock()
+	for _, b := range done {
+		b.Release()
+	}
+	return s.Sink.Write(ctx, batches)
+}
+
 // recorder is a pipeline.Owner that remembers every committed frame.
 type recorder struct {
+	releaser
 	mu        sync.Mutex
 	committed map[frameKey]bool
 	n         int
@@ -97,9 +134,7 @@ func (r *recorder) Committed(b *pipeline.Batch) {
 		r.n++
 	}
 	r.mu.Unlock()
-	// The batch is not released to the pool: Aggregator.Run reads b.Len()
-	// after Write returns, by which time this sink may have committed the
-	// batch (reported to the lead; fix is to take the lengths before Write).
+	r.add(b)
 }
 
 func (r *recorder) count() int {

@@ -170,8 +170,11 @@ func (s *Sink) Write(ctx context.Context, batches []*pipeline.Batch) error {
 			b.Commit(0) // hands an empty batch back to its owner
 			continue
 		}
-		for i := 0; i < len(b.Frames); {
-			id, n, err := s.reserve(ctx, b, i)
+		// Once its last frame is published, b may be committed and reused
+		// at any moment: nothing below reads b after that, not even its length.
+		nf := len(b.Frames)
+		for i := 0; i < nf; {
+			id, n, err := s.reserve(ctx, b, i, nf)
 			if err != nil {
 				return err
 			}
@@ -189,11 +192,11 @@ func (s *Sink) Write(ctx context.Context, batches []*pipeline.Batch) error {
 	return nil
 }
 
-// reserve takes the slots of the next messages, frames i... of b: as many
+// reserve takes the slots of the next messages, frames i..nf-1 of b: as many
 // consecutive free slots as there are frames left (at least one), waiting
 // while the next slot is still in use or the stream is down. Taking a run of
 // slots per lock keeps the writer's locking off the per-frame path.
-func (s *Sink) reserve(ctx context.Context, b *pipeline.Batch, i int) (first uint64, n int, err error) {
+func (s *Sink) reserve(ctx context.Context, b *pipeline.Batch, i, nf int) (first uint64, n int, err error) {
 	s.mu.Lock()
 	for {
 		if s.closed {
@@ -204,7 +207,7 @@ func (s *Sink) reserve(ctx context.Context, b *pipeline.Batch, i int) (first uin
 		if s.down == nil && s.slots[s.next%w].id == 0 {
 			first = s.next
 			deadline := time.Now().Add(s.timeout)
-			for ; i+n < len(b.Frames); n++ {
+			for ; i+n < nf; n++ {
 				sl := &s.slots[s.next%w]
 				if sl.id != 0 {
 					break

@@ -47,8 +47,10 @@ type Stream struct {
 // Open connects to JetStream as cfg says and ensures the stream. With
 // cfg.NATSURL empty it starts the embedded server (data under cfg.DataDir,
 // token in DataDir/nats-token, listener on cfg.NATSListen) and connects in
-// process; otherwise it connects to the external servers. ctx bounds the
-// start-up only.
+// process; otherwise it connects to the external servers. The CLI calls it
+// only for --sink jetstream, so the embedded server runs only then. ctx
+// bounds the start-up only; recovering a large embedded store can take a
+// while, so give it a generous deadline or none.
 //
 // Errors wrap ErrListen (--nats-listen busy or invalid) and ErrStreamConflict
 // (the stream exists with other settings), which the CLI reports as

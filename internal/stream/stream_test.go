@@ -126,7 +126,7 @@ func TestSinkEndToEnd(t *testing.T) {
 	cfg := testConfig(t)
 	st := openStream(t, cfg)
 	rec := newRecorder()
-	agg := runAggregator(t, st.Sink(), 256)
+	agg := runAggregator(t, rec.wrap(st.Sink()), 256)
 	ctx := context.Background()
 
 	stations := []*feeder{newFeeder("127.0.0.1", 1, rec), newFeeder("fd00::1", 2, rec), newFeeder("gs-eu-1.example.net", 3, rec)}
@@ -199,7 +199,7 @@ func TestAckAfterPersistence(t *testing.T) {
 	cfg.PublishWindow = 64
 	st := openStream(t, cfg)
 	rec := newRecorder()
-	agg := runAggregator(t, st.Sink(), 128)
+	agg := runAggregator(t, rec.wrap(st.Sink()), 128)
 	ctx := context.Background()
 	f := newFeeder("10.1.2.3", 1, rec)
 
@@ -284,7 +284,7 @@ func TestStreamDeleted(t *testing.T) {
 	cfg.PublishWindow = 32
 	st := openStream(t, cfg)
 	rec := newRecorder()
-	agg := runAggregator(t, st.Sink(), 64)
+	agg := runAggregator(t, rec.wrap(st.Sink()), 64)
 	ctx := context.Background()
 	if err := st.JetStream().DeleteStream(ctx, cfg.Stream); err != nil {
 		t.Fatal(err)
@@ -321,7 +321,7 @@ func TestClusterNodeLoss(t *testing.T) {
 	cfg.PublishTimeout = time.Second
 	st := openStream(t, cfg)
 	rec := newRecorder()
-	agg := runAggregator(t, st.Sink(), 512)
+	agg := runAggregator(t, rec.wrap(st.Sink()), 512)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 

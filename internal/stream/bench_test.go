@@ -15,7 +15,6 @@ import (
 // latencyOwner records, per committed batch, how long its oldest frame
 // waited for its PubAck.
 type latencyOwner struct {
-	releaser
 	mu   sync.Mutex
 	lat  []time.Duration
 	done int
@@ -32,7 +31,7 @@ func (o *latencyOwner) Committed(b *pipeline.Batch) {
 		close(o.all)
 	}
 	o.mu.Unlock()
-	o.add(b)
+	b.Release()
 }
 
 // BenchmarkSink measures 1 KiB frames from 16 stations into the embedded
@@ -66,7 +65,7 @@ func benchSink(b *testing.B, mode string, rate int) {
 	cfg.StoreMaxBytes = 4 * config.GiB
 	st := openStream(b, cfg)
 	owner := &latencyOwner{all: make(chan struct{}), want: b.N}
-	agg := runAggregator(b, owner.wrap(st.Sink()), config.Default().Queue)
+	agg := runAggregator(b, st.Sink(), config.Default().Queue)
 	ctx := context.Background()
 	data := make([]byte, frameSize)
 	var interval time.Duration // between one station's batches

@@ -126,7 +126,7 @@ func TestSinkEndToEnd(t *testing.T) {
 	cfg := testConfig(t)
 	st := openStream(t, cfg)
 	rec := newRecorder()
-	agg := runAggregator(t, rec.wrap(st.Sink()), 256)
+	agg := runAggregator(t, st.Sink(), 256)
 	ctx := context.Background()
 
 	stations := []*feeder{newFeeder("127.0.0.1", 1, rec), newFeeder("fd00::1", 2, rec), newFeeder("gs-eu-1.example.net", 3, rec)}
@@ -199,7 +199,7 @@ func TestAckAfterPersistence(t *testing.T) {
 	cfg.PublishWindow = 64
 	st := openStream(t, cfg)
 	rec := newRecorder()
-	agg := runAggregator(t, rec.wrap(st.Sink()), 128)
+	agg := runAggregator(t, st.Sink(), 128)
 	ctx := context.Background()
 	f := newFeeder("10.1.2.3", 1, rec)
 
@@ -284,7 +284,7 @@ func TestStreamDeleted(t *testing.T) {
 	cfg.PublishWindow = 32
 	st := openStream(t, cfg)
 	rec := newRecorder()
-	agg := runAggregator(t, rec.wrap(st.Sink()), 64)
+	agg := runAggregator(t, st.Sink(), 64)
 	ctx := context.Background()
 	if err := st.JetStream().DeleteStream(ctx, cfg.Stream); err != nil {
 		t.Fatal(err)
@@ -321,7 +321,7 @@ func TestClusterNodeLoss(t *testing.T) {
 	cfg.PublishTimeout = time.Second
 	st := openStream(t, cfg)
 	rec := newRecorder()
-	agg := runAggregator(t, rec.wrap(st.Sink()), 512)
+	agg := runAggregator(t, st.Sink(), 512)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -445,32 +445,54 @@ func TestStreamConfigMaxBytes(t *testing.T) {
 	}
 }
 
-// readAll returns every message of the stream, in order.
+// readAll returns every message of the stream, in order. It retries while
+// the JetStream API is unavailable, as it is briefly after a node was lost.
 func readAll(t testing.TB, js jetstream.JetStream, name string) []jetstream.Msg {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	var out []jetstream.Msg
+	var last error
+	deadline := time.Now().Add(waitTimeout)
+	retry := time.NewTicker(50 * time.Millisecond)
+	defer retry.Stop()
+	for time.Now().Before(deadline) {
+		if out, last = tryReadAll(js, name); last == nil {
+			return out
+		}
+		<-retry.C
+	}
+	t.Fatalf("reading stream %s: %v", name, last)
+	return nil
+}
+
+func tryReadAll(js jetstream.JetStream, name string) ([]jetstream.Msg, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s, err := js.Stream(ctx, name)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	n := int(s.CachedInfo().State.Msgs)
-	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{InactiveThreshold: 5 * time.Second})
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	var out []jetstream.Msg
 	for len(out) < n {
 		batch, err := cons.Fetch(min(n-len(out), 1000), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
+		got := 0
 		for m := range batch.Messages() {
 			out = append(out, m)
+			got++
 		}
 		if err := batch.Error(); err != nil {
-			t.Fatal(err)
+			return nil, err
+		}
+		if got == 0 {
+			return nil, fmt.Errorf("fetch returned nothing after %d of %d messages", len(out), n)
 		}
 	}
-	return out
+	return out, nil
 }

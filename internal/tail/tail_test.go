@@ -36,6 +36,7 @@ func (c *counter) Committed(b *pipeline.Batch) {
 	c.mu.Lock()
 	c.n += b.Len()
 	c.mu.Unlock()
+	b.Release()
 }
 
 func (c *counter) count() int {

@@ -16,6 +16,7 @@ import (
 	"github.com/meridian-telemetry/meridian/internal/config"
 	"github.com/meridian-telemetry/meridian/internal/pipeline"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 )
 
@@ -292,6 +293,23 @@ func startCluster(t testing.TB) *cluster {
 			}
 		}
 		return leaders == 1
+	})
+	// A meta leader is not enough: placement also needs every peer seen as
+	// online. An R3 probe stream proves the cluster can place ours.
+	nc, err := Client{URL: strings.Join(c.urls, ",")}.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "an R3 stream can be placed", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "PROBE", Subjects: []string{"probe"}, Replicas: 3})
+		return err == nil && js.DeleteStream(ctx, "PROBE") == nil
 	})
 	return c
 }

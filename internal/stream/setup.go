@@ -83,7 +83,7 @@ func (c Client) Connect(extra ...nats.Option) (*nats.Conn, error) {
 
 // gatewayConnOptions keep a gateway's connection alive for good: the sink
 // retries until the cluster is back, so the client must never give up. Open
-// adds the reconnect handler, which needs the sink.
+// adds the disconnect and reconnect handlers, which need the sink.
 func gatewayConnOptions(log *slog.Logger) []nats.Option {
 	return []nats.Option{
 		nats.MaxReconnects(-1),
@@ -93,11 +93,6 @@ func gatewayConnOptions(log *slog.Logger) []nats.Option {
 		// which the sink turns into back-pressure, instead of piling frames
 		// into a buffer whose fate on reconnect is unknown.
 		nats.ReconnectBufSize(-1),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil {
-				log.Warn("disconnected from NATS", "err", err)
-			}
-		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			if sub != nil {
 				log.Error("NATS subscription error", "subject", sub.Subject, "err", err)

@@ -85,6 +85,8 @@ type Sink struct {
 	down     *outage // non-nil while the stream does not take frames
 	waiting  bool    // Write or Flush waits on wake
 	closed   bool
+	urgent   bool      // resend now, regardless of the back-off (reconnected)
+	stats    SinkStats // counters; Unacked and Down are filled in by Stats
 
 	wake chan struct{} // to the waiting Write/Flush; capacity 1
 	kick chan struct{} // to the resend loop; capacity 1
@@ -100,6 +102,25 @@ type slot struct {
 	b        *pipeline.Batch
 	i        int       // frame index in b
 	deadline time.Time // PubAck due; zero while waiting for a resend
+}
+
+// SinkStats are the sink's counters, for metrics.
+type SinkStats struct {
+	Unacked  int    // frames published and waiting for their PubAck
+	Down     bool   // the stream is not taking frames; Write is holding back
+	Outages  uint64 // episodes of the stream not taking frames
+	Resent   uint64 // frames sent again after a failed or missing PubAck
+	Timeouts uint64 // PubAcks that did not arrive within the timeout
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Sink) Stats() SinkStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stats
+	st.Unacked = s.inflight
+	st.Down = s.down != nil
+	return st
 }
 
 // outage is one episode of the stream not taking frames.
@@ -364,6 +385,7 @@ func (s *Sink) markDownLocked(cause error) {
 		return
 	}
 	s.down = &outage{since: time.Now(), cause: cause}
+	s.stats.Outages++
 	s.log.Warn("stream is not taking frames; holding stations back and retrying",
 		"cause", cause, "unacknowledged", s.inflight)
 	s.kickLocked()
@@ -384,6 +406,20 @@ func (s *Sink) kickLocked() {
 	}
 }
 
+// connectionLost starts an outage when the client lost its server: nothing
+// can be published until it reconnected, and PubAcks on the way are lost.
+func (s *Sink) connectionLost(err error) {
+	if err == nil {
+		err = nats.ErrConnectionClosed
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return // the connection closing behind a closed sink is no outage
+	}
+	s.markDownLocked(fmt.Errorf("disconnected from NATS: %w", err))
+}
+
 // resendFromReconnect is called when the connection came back: PubAcks sent
 // while it was down are lost, so everything unacknowledged is resent now.
 func (s *Sink) resendFromReconnect() {
@@ -397,7 +433,16 @@ func (s *Sink) resendFromReconnect() {
 		}
 	}
 	if s.failed > 0 {
-		s.kickLocked()
+		s.urgent = true
+		s.kickLocked() // the first PubAck of the resends ends the outage
+		return
+	}
+	if s.down != nil {
+		// Nothing was unacknowledged, so no PubAck can end the outage: the
+		// connection being back must. Should the stream still be unable to
+		// take frames, the next publish starts a new episode.
+		s.recoverLocked()
+		s.signalLocked()
 	}
 }
 
@@ -421,8 +466,9 @@ func (s *Sink) resendLoop() {
 		if s.inflight > s.failed {
 			s.expireLocked(now)
 		}
-		if s.down == nil {
+		if s.down == nil || s.urgent {
 			backoff, nextTry = minBackoff, time.Time{}
+			s.urgent = false
 		}
 		if s.failed == 0 || now.Before(nextTry) {
 			s.mu.Unlock()
@@ -450,6 +496,7 @@ func (s *Sink) expireLocked(now time.Time) {
 		}
 	}
 	if expired > 0 {
+		s.stats.Timeouts += uint64(expired)
 		s.markDownLocked(fmt.Errorf("%w (%s, %d messages)", ErrAckTimeout, s.timeout, expired))
 	}
 }
@@ -468,6 +515,7 @@ func (s *Sink) resendLocked(mb *msgBuilder, now time.Time) {
 		}
 		sl.deadline = now.Add(s.timeout)
 		s.failed--
+		s.stats.Resent++
 		if err := s.nc.PublishMsg(mb.build(s, sl.b, sl.i, id)); err != nil {
 			sl.deadline = time.Time{}
 			s.failed++

@@ -65,12 +65,20 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Stream, 
 			_ = s.Close()
 		}
 	}()
-	copts := append(gatewayConnOptions(log), nats.ReconnectHandler(func(nc *nats.Conn) {
-		log.Info("reconnected to NATS", "server", nc.ConnectedUrlRedacted())
-		if sk := s.sinkPtr.Load(); sk != nil {
-			sk.resendFromReconnect()
-		}
-	}))
+	copts := append(gatewayConnOptions(log),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if sk := s.sinkPtr.Load(); sk != nil {
+				sk.connectionLost(err) // logs the outage, once
+			} else if err != nil {
+				log.Warn("disconnected from NATS", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("reconnected to NATS", "server", nc.ConnectedUrlRedacted())
+			if sk := s.sinkPtr.Load(); sk != nil {
+				sk.resendFromReconnect()
+			}
+		}))
 	embedded := cfg.NATSURL == ""
 	if embedded {
 		srv, token, err := startEmbedded(ctx, cfg, log)
@@ -142,6 +150,7 @@ func (s *Stream) ClientURL() string {
 func (s *Stream) Close() error {
 	s.closeOnce.Do(func() {
 		var errs []error
+		s.sinkPtr.Store(nil) // no outage or resend from the connection closing
 		if s.sink != nil {
 			errs = append(errs, s.sink.Close())
 		}

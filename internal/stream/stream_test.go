@@ -234,6 +234,9 @@ func TestAckAfterPersistence(t *testing.T) {
 	}
 	eventually(t, "all frames committed after recovery", func() bool { return rec.count() == 1200 })
 	eventually(t, "sink healthy", func() bool { return st.Sink().Check() == nil })
+	if ss := st.Sink().Stats(); ss.Outages == 0 || ss.Down || ss.Unacked != 0 {
+		t.Errorf("stats after one outage: %+v", ss)
+	}
 	if err := st.Sink().Flush(ctx); err != nil {
 		t.Fatal(err)
 	}

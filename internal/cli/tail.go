@@ -18,7 +18,10 @@ func newTailCmd() *cobra.Command {
 		Long: `Follow or replay the telemetry stream without altering it: tail reads with
 an ordered consumer that is gone when it exits.
 
-Without --since or --last only frames that arrive from now on are shown.
+Without --since or --last only frames that arrive from now on are shown;
+--since and --last exclude each other. --last N shows the last N frames and
+then keeps following, unless --count is given. The consumer is deleted when
+tail exits (and expires 5 s after a tail that was killed).
 It connects to --nats-url, authenticating with --nats-token or, when that is
 not given, with the token the embedded server keeps in --data-dir/nats-token.
 

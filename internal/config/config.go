@@ -94,7 +94,7 @@ func Default() Config {
 		RetentionMaxAge: Duration(7 * 24 * time.Hour),
 		DedupWindow:     Duration(2 * time.Minute),
 		Sync:            "1s",
-		PublishWindow:   4096,
+		PublishWindow:   1024,
 		PublishTimeout:  5 * time.Second,
 
 		HTTPListen:          "127.0.0.1:9477",

@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -29,6 +30,7 @@ import (
 
 	"github.com/meridian-telemetry/meridian/internal/cli"
 	"github.com/meridian-telemetry/meridian/internal/frame"
+	"github.com/meridian-telemetry/meridian/internal/tlsid/tlstest"
 )
 
 func TestMain(m *testing.M) {
@@ -266,6 +268,8 @@ func TestServeEmbeddedEndToEnd(t *testing.T) {
 		"meridian_frames_received_total 50",
 		"meridian_frames_committed_total 50",
 		`meridian_sessions_ended_total{reason="station_closed"} 1`,
+		"meridian_stream_up 1",
+		"meridian_stream_pending_frames 0",
 		"go_goroutines",
 		"process_resident_memory_bytes",
 	} {
@@ -555,4 +559,115 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 		cmd.Process.Signal(syscall.SIGINT)
 		cmd.Wait()
 	}
+}
+
+// TestSecondSignalForcesExit: a sink that cannot take frames (stdout into a
+// pipe nobody reads) holds the graceful shutdown; a second SIGINT forces the
+// exit with status 1 and says how many frames were abandoned.
+func TestSecondSignalForcesExit(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	cmd := exec.Command(os.Args[0], "serve", "--sink", "stdout", "--listen", "127.0.0.1:0", "--http-listen", "", "--drain-timeout", "100ms")
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "MERIDIAN_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "GO_TEST_RUN_MERIDIAN=1")
+	c := &child{t: t, cmd: cmd, stderr: &syncBuffer{}, stdout: &syncBuffer{}, done: make(chan error, 1)}
+	cmd.Stdout, cmd.Stderr = w, c.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	go func() { c.done <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-c.done })
+	addr := c.waitLog(`msg="meridian serving" listen=(\S+)`)[1]
+
+	// 1 MiB of JSON lines cannot fit the pipe: the sink blocks, the queue
+	// fills, nothing more is committed.
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	big := make([]byte, 8192)
+	for range 128 {
+		if _, err := conn.Write(frame.AppendData(nil, big)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.waitLog(`session started`)
+	cmd.Process.Signal(syscall.SIGINT)
+	c.waitLog(`graceful shutdown`)
+	cmd.Process.Signal(syscall.SIGINT)
+	if code := c.exit(); code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	m := c.waitLog(`shutdown forced.* frames_abandoned=(\d+)`)
+	if m[1] == "0" {
+		t.Fatalf("no frame reported abandoned:\n%s", c.stderr)
+	}
+}
+
+// TestSIGHUPReloadsCertificates: a new certificate is served after SIGHUP
+// while a session opened before it goes on.
+func TestSIGHUPReloadsCertificates(t *testing.T) {
+	ca := tlstest.NewCA(t, "meridian test CA")
+	first := ca.Server(t)
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key")
+	install := func(c *tlstest.Cert) {
+		if err := os.WriteFile(certFile, c.CertPEM, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(keyFile, c.KeyPEM, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	install(first)
+	c := start(t, "serve", "--sink", "discard", "--listen", "127.0.0.1:0", "--http-listen", "",
+		"--tls-cert", certFile, "--tls-key", keyFile)
+	addr := c.waitLog(`msg="meridian serving" listen=(\S+)`)[1]
+
+	dialTLS := func() *tls.Conn {
+		t.Helper()
+		conn, err := tls.Dial("tcp", addr, ca.ClientConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return conn
+	}
+	ackOne := func(conn *tls.Conn) {
+		t.Helper()
+		if _, err := conn.Write(frame.AppendData(nil, []byte("x"))); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 13)
+		_ = conn.SetReadDeadline(time.Now().Add(wait))
+		if _, err := io.ReadFull(conn, buf); err != nil || buf[4] != byte(frame.TypeAck) {
+			t.Fatalf("no ACK: % x %v", buf, err)
+		}
+	}
+	old := dialTLS()
+	defer old.Close()
+	ackOne(old)
+	if got := old.ConnectionState().PeerCertificates[0].SerialNumber; got.Cmp(first.Cert.SerialNumber) != 0 {
+		t.Fatal("not the first certificate")
+	}
+
+	second := ca.Server(t)
+	install(second)
+	c.cmd.Process.Signal(syscall.SIGHUP)
+	c.waitLog(`TLS certificates reloaded`)
+	fresh := dialTLS()
+	defer fresh.Close()
+	if got := fresh.ConnectionState().PeerCertificates[0].SerialNumber; got.Cmp(second.Cert.SerialNumber) != 0 {
+		t.Fatal("SIGHUP did not bring in the new certificate")
+	}
+	ackOne(fresh)
+	ackOne(old) // the session from before the reload is still served
 }

@@ -99,7 +99,6 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, cmd *cobra.
 		defer strm.Close()
 	case config.SinkStdout:
 		snk = sink.NewStdout(cmd.OutOrStdout())
-		defer snk.Close()
 	case config.SinkDiscard:
 		snk = sink.NewDiscard()
 	}
@@ -128,6 +127,13 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, cmd *cobra.
 		return usage(err)
 	}
 	m.Queue(gw.Aggregator().Stats)
+	if strm != nil {
+		js := strm.Sink()
+		m.Stream(func() metrics.StreamStats {
+			st := js.Stats()
+			return metrics.StreamStats{Pending: st.Unacked, Down: st.Down, Outages: st.Outages, Resent: st.Resent, Timeouts: st.Timeouts}
+		})
+	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		gw.Close()
@@ -217,6 +223,13 @@ wait:
 	<-served
 	stopOps(opsSrv)
 	if errors.Is(shutErr, errDone) {
+		// Only after a clean shutdown: a forced one may have left the
+		// sink blocked in a write. The stream closes its own sink.
+		if strm == nil {
+			if err := snk.Close(); err != nil {
+				log.Error("closing the sink", "err", err)
+			}
+		}
 		log.Info("meridian stopped")
 		return nil
 	}

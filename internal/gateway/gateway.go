@@ -21,6 +21,9 @@ import (
 	"github.com/meridian-telemetry/meridian/internal/session"
 )
 
+// forceWait bounds how long a forced stop waits for the sink to give up.
+const forceWait = 2 * time.Second
+
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = errors.New("gateway: server closed")
 
@@ -375,9 +378,18 @@ func (s *Server) Close() error {
 
 func (s *Server) force(cause error) *ForcedError {
 	s.forceStop()
-	s.conns.Wait()
+	s.conns.Wait() // sessions end at once: their connections are closed
 	s.agg.Close()
-	<-s.aggDone
+	// A sink blocked in I/O that ignores its context (stdout into a pipe
+	// nobody reads) must not hold the forced stop: after a short wait the
+	// aggregator is left behind, and the process is about to exit anyway.
+	t := time.NewTimer(forceWait)
+	defer t.Stop()
+	select {
+	case <-s.aggDone:
+	case <-t.C:
+		s.log.Error("sink did not return after the forced stop; abandoning it", "waited", forceWait)
+	}
 	st := s.agg.Stats()
 	return &ForcedError{Frames: st.Queued - st.Committed, Cause: cause}
 }

@@ -547,3 +547,43 @@ func TestGatewayToStationBytes(t *testing.T) {
 		t.Fatalf("CLOSE = % x", cl)
 	}
 }
+
+// TestPeerThatNeverReadsOverTCP: a station that never reads keeps being
+// served, does not disturb another station, and does not hold up shutdown.
+// (That a blocked write drops control frames while reads go on is shown on
+// the fake clock in package session, where a write really blocks.)
+func TestPeerThatNeverReadsOverTCP(t *testing.T) {
+	cfg := gatewaytest.Config()
+	cfg.WriteTimeout = 200 * time.Millisecond
+	cfg.Heartbeat = 10 * time.Millisecond
+	cfg.DrainTimeout = 500 * time.Millisecond
+	mem := sink.NewMemory()
+	g := gatewaytest.Start(t, cfg, mem)
+
+	deaf, err := net.Dial("tcp", g.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer deaf.Close()
+	_ = deaf.(*net.TCPConn).SetReadBuffer(4096) // and it never reads
+	var buf []byte
+	for i := range 20000 {
+		buf = frame.AppendData(buf, payload(1, i))
+	}
+	if _, err := deaf.Write(buf); err != nil {
+		t.Fatal(err)
+	}
+
+	good := dial(t, g.Addr)
+	for i := range 100 {
+		good.send(payload(2, i))
+		good.ackAtLeast(uint64(i+1), wait)
+	}
+	if last, _ := good.finish(wait); last != 100 {
+		t.Fatalf("good station: final ACK %d", last)
+	}
+	eventually(t, "all of the deaf station's frames in the sink", func() bool { return mem.Len() == 20100 })
+	if err := g.Shutdown(t, wait); err != nil {
+		t.Fatalf("Shutdown with a deaf station: %v", err)
+	}
+}

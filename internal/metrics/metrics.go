@@ -255,6 +255,50 @@ func (m *Metrics) Queue(stats func() pipeline.Stats) {
 	)
 }
 
+// StreamStats is what the durable sink reports; see Stream.
+type StreamStats struct {
+	Pending  int    // frames published and not yet acknowledged by JetStream
+	Down     bool   // the stream is not taking frames right now
+	Outages  uint64 // episodes of the stream not taking frames
+	Resent   uint64 // publishes retried (same Nats-Msg-Id)
+	Timeouts uint64 // PubAcks that did not come within the publish timeout
+}
+
+// Stream registers the durable sink's metrics, read from stats at scrape
+// time. Call it once, only when the jetstream sink is in use.
+func (m *Metrics) Stream(stats func() StreamStats) {
+	if m == nil || m.reg == nil || stats == nil {
+		return
+	}
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "stream_pending_frames",
+			Help: "Frames published to JetStream and not yet acknowledged by it.",
+		}, func() float64 { return float64(stats().Pending) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "stream_up",
+			Help: "1 while the stream takes frames, 0 during an outage (back-pressure on every station).",
+		}, func() float64 {
+			if stats().Down {
+				return 0
+			}
+			return 1
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: namespace, Name: "stream_outages_total",
+			Help: "Episodes of the stream not taking frames.",
+		}, func() float64 { return float64(stats().Outages) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: namespace, Name: "stream_resent_total",
+			Help: "Publishes retried with the same Nats-Msg-Id after a failed or missing PubAck.",
+		}, func() float64 { return float64(stats().Resent) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: namespace, Name: "stream_ack_timeouts_total",
+			Help: "PubAcks that did not arrive within the publish timeout.",
+		}, func() float64 { return float64(stats().Timeouts) }),
+	)
+}
+
 // reasonCounter returns the pre-created child for r, and falls back to the
 // vector for a reason frame.Reasons does not list, so that a new reason is
 // still counted, under its numeric label, rather than lost.

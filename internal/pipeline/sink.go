@@ -12,7 +12,10 @@ import "context"
 type Sink interface {
 	// Write takes batches. It returns once the sink has them, which may be
 	// before they are committed: a sink calls Batch.Commit as frames become
-	// durable (or, for the non-durable sinks, written).
+	// durable (or, for the non-durable sinks, written). Commits may come
+	// before Write returns; once a batch's last frame is committed, neither
+	// the sink nor the aggregator may read the batch again. Batches are
+	// never empty.
 	Write(ctx context.Context, batches []*Batch) error
 	// Flush returns once every batch written so far is committed.
 	Flush(ctx context.Context) error

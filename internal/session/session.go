@@ -5,7 +5,7 @@
 // One goroutine (Run) owns reads, framing, deadlines and the session's end.
 // Writes go through a writer goroutine that exists only while there is
 // something to write, so an idle session costs one blocked goroutine and a
-// small buffer, not a permanent writer and a 64 KiB read buffer.
+// small buffer, not a permanent writer and a 256 KiB read buffer.
 package session
 
 import (

@@ -94,7 +94,6 @@ type Session struct {
 	buf       []byte
 	r, w      int
 	lastFull  bool // the last Read filled all the room it was given
-	lastOne   bool // the drain is over: stop after the frame in progress
 	seq       uint64
 	consumed  uint64    // stream offset of buf[r]
 	partialAt uint64    // stream offset of the frame whose timer runs
@@ -240,15 +239,14 @@ func (s *Session) readLoop(ctx context.Context) (reason frame.Reason, graceful b
 }
 
 // consume frames every whole frame in the buffer and queues the data frames.
-// It stops early (stop=true) when the drain deadline has passed and the
-// buffer is at a frame boundary.
+// Once the drain deadline has passed it takes at most one more frame — the
+// one in progress — and then reports stop: whatever follows is not taken.
 func (s *Session) consume(ctx context.Context) (stop bool, reason frame.Reason, err error) {
-	drainOver := s.lastOne || s.draining.Load() && time.Now().UnixNano() >= s.drainAt.Load()
+	drainOver := s.draining.Load() && time.Now().UnixNano() >= s.drainAt.Load()
 	var now time.Time // one receive time per read: the frames arrived together
+	taken := 0
 	for {
-		if s.lastOne && s.r != 0 {
-			// The frame that was in progress when the drain ended is in;
-			// what follows it is not taken.
+		if drainOver && taken > 0 {
 			s.r = s.w
 			break
 		}
@@ -267,6 +265,7 @@ func (s *Session) consume(ctx context.Context) (stop bool, reason frame.Reason, 
 		}
 		s.r += n
 		s.consumed += uint64(n)
+		taken++
 		if len(payload) == 0 {
 			continue // keepalive: it reset the idle deadline by arriving
 		}
@@ -280,13 +279,9 @@ func (s *Session) consume(ctx context.Context) (stop bool, reason frame.Reason, 
 	if err := s.flushBatch(ctx); err != nil {
 		return false, frame.ReasonShutdown, err
 	}
-	if drainOver {
-		if s.r == s.w {
-			return true, 0, nil
-		}
-		s.lastOne = true
-	}
-	return false, 0, nil
+	// With the drain over and a frame still in progress, reading goes on
+	// (within the frame timeout) until that frame is whole.
+	return drainOver && (taken > 0 || s.r == s.w), 0, nil
 }
 
 // add copies one data frame into the current batch, queueing the batch first

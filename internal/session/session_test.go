@@ -267,6 +267,35 @@ func TestDrainStopsAtAFrameBoundary(t *testing.T) {
 	})
 }
 
+// The frame in progress at the drain deadline is finished and taken; a frame
+// that arrives with its end, after the deadline, is not.
+func TestDrainTakesOnlyTheFrameInProgress(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := defaults()
+		cfg.Heartbeat = 0
+		r := newRig(t, cfg)
+		done := make(chan uint64, 1)
+		go func() {
+			ack, _ := r.readUntilClose()
+			done <- ack
+		}()
+		r.sess.GoAway(time.Now().Add(5 * time.Second))
+		time.Sleep(4 * time.Second)
+		inProgress := frame.AppendData(nil, []byte("in progress at the deadline"))
+		r.station.Write(inProgress[:10])
+		time.Sleep(2 * time.Second)
+		rest := append(inProgress[10:], frame.AppendData(nil, []byte("after the deadline"))...)
+		r.station.Write(rest)
+		if ack := <-done; ack != 1 {
+			t.Fatalf("final ACK %d, want 1", ack)
+		}
+		r.end()
+		if frames := r.mem.Frames(); len(frames) != 1 || string(frames[0].Payload) != "in progress at the deadline" {
+			t.Fatalf("sink: %v", frames)
+		}
+	})
+}
+
 func TestOversizeAfterFramesAcksThem(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		r := newRig(t, defaults())

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"net"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -137,10 +138,14 @@ func TestRunRateAndDuration(t *testing.T) {
 }
 
 func TestRunUnreachable(t *testing.T) {
-	gw := gatewaytest.Start(t, gatewaytest.Config(), sink.NewDiscard())
-	addr := gw.Addr
-	gw.Server.Close()
-	_, err := bench.Run(testCtx(t), bench.Options{Addr: addr, Stations: 2, Size: 64, Frames: 1})
+	// An address where nothing listens: a port just released.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	_, err = bench.Run(testCtx(t), bench.Options{Addr: addr, Stations: 2, Size: 64, Frames: 1})
 	if err == nil || !strings.Contains(err.Error(), "no station could connect") {
 		t.Fatalf("Run = %v", err)
 	}

@@ -21,6 +21,9 @@ import (
 	"github.com/meridian-telemetry/meridian/internal/session"
 )
 
+// maxRejecting bounds the refusals (CLOSE server busy) being written at once.
+const maxRejecting = 64
+
 // forceWait bounds how long a forced stop waits for the sink to give up.
 const forceWait = 2 * time.Second
 
@@ -110,6 +113,7 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	sessions  map[*session.Session]struct{}
 	active    int            // connections holding a session slot
+	rejecting int            // refusals being written
 	perIP     map[string]int // guarded by mu
 	drainAt   time.Time      // set when shutdown begins
 }
@@ -209,19 +213,35 @@ func (s *Server) Serve(ln net.Listener) error {
 func (s *Server) accept(conn net.Conn) {
 	ip := remoteIP(conn.RemoteAddr())
 	s.mu.Lock()
-	busy := s.active >= s.cfg.MaxSessions ||
-		(s.cfg.MaxSessionsPerIP > 0 && s.perIP[ip] >= s.cfg.MaxSessionsPerIP)
-	if !busy {
-		s.active++
-		s.perIP[ip]++
-	}
-	s.conns.Add(1)
-	s.mu.Unlock()
-	if busy {
-		s.obs.Rejected(frame.ReasonBusy)
-		go s.reject(conn, ip, frame.ReasonBusy)
+	if s.shutdown.Load() {
+		// Accept returned just as the listener closed. Checked under mu,
+		// which beginShutdown holds too, so that no goroutine is added
+		// to conns after Shutdown may have started waiting on it.
+		s.mu.Unlock()
+		conn.Close()
 		return
 	}
+	busy := s.active >= s.cfg.MaxSessions ||
+		(s.cfg.MaxSessionsPerIP > 0 && s.perIP[ip] >= s.cfg.MaxSessionsPerIP)
+	if busy {
+		// Refusals are bounded too: beyond maxRejecting at once (a flood,
+		// or slow TLS handshakes) a connection is closed without a word.
+		s.obs.Rejected(frame.ReasonBusy)
+		if s.rejecting >= maxRejecting {
+			s.mu.Unlock()
+			conn.Close()
+			return
+		}
+		s.rejecting++
+		s.conns.Add(1)
+		s.mu.Unlock()
+		go s.reject(conn, frame.ReasonBusy)
+		return
+	}
+	s.active++
+	s.perIP[ip]++
+	s.conns.Add(1)
+	s.mu.Unlock()
 	id := fmt.Sprintf("gs-%d@%s", s.nextID.Add(1), conn.RemoteAddr())
 	if s.tls == nil {
 		// Logged here rather than in the session's goroutine: formatting a
@@ -236,8 +256,13 @@ func (s *Server) accept(conn net.Conn) {
 
 // reject tells a station why it may not connect, then closes. The goroutine
 // is bounded by the handshake and write timeouts.
-func (s *Server) reject(conn net.Conn, ip string, r frame.Reason) {
+func (s *Server) reject(conn net.Conn, r frame.Reason) {
 	defer s.conns.Done()
+	defer func() {
+		s.mu.Lock()
+		s.rejecting--
+		s.mu.Unlock()
+	}()
 	s.log.Warn("connection rejected", "remote", conn.RemoteAddr().String(), "reason", r.String())
 	if s.tls != nil {
 		tc, _, err := s.handshake(conn)
@@ -268,6 +293,11 @@ func (s *Server) serveConn(raw net.Conn, id, ip string) {
 	conn := raw
 	info := session.Info{ID: id, Station: ip, RemoteAddr: raw.RemoteAddr().String()}
 	if s.tls != nil {
+		// A forced stop closes the socket itself: closing the tls.Conn
+		// would first try to send close_notify, for up to 5 s, to a
+		// station that may not be reading.
+		stop := context.AfterFunc(s.forced, func() { raw.Close() })
+		defer stop()
 		tc, state, err := s.handshake(raw)
 		if err != nil {
 			s.obs.TLSHandshakeFailed()
@@ -295,10 +325,12 @@ func (s *Server) serveConn(raw net.Conn, id, ip string) {
 	sess := session.New(conn, info, s.scfg, s.agg, s.log, s.obs)
 	s.mu.Lock()
 	s.sessions[sess] = struct{}{}
-	drainAt := s.drainAt
+	shutting, drainAt := s.shutdown.Load(), s.drainAt // one view of both, under mu
 	s.mu.Unlock()
-	if s.shutdown.Load() {
-		// Accepted just as shutdown began: it drains like the others.
+	if shutting {
+		// Admitted just before shutdown began, started after: it drains
+		// like the others (goAwayAll may also reach it; the first call's
+		// deadline holds, and both are the shutdown's).
 		sess.GoAway(drainAt)
 	}
 	s.obs.SessionStarted()

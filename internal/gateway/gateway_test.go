@@ -129,6 +129,13 @@ func TestSessionOutcomes(t *testing.T) {
 	f("oversized", func(st *testStation) {
 		st.raw(append(one, frame.AppendHeader(nil, 1025)...))
 	}, 1, frame.ReasonTooLarge)
+	f("oversized, with more behind it", func(st *testStation) {
+		// The bytes after the bad header are never read by the session;
+		// the gateway must still end with FIN, not RST, so that the final
+		// ACK and CLOSE are not lost.
+		junk := make([]byte, 64*1024)
+		st.raw(append(append(one, frame.AppendHeader(nil, 1025)...), junk...))
+	}, 1, frame.ReasonTooLarge)
 	f("control bit", func(st *testStation) {
 		st.raw(append(one, 0x80, 0, 0, 1, 0x42))
 	}, 1, frame.ReasonControl)

@@ -94,6 +94,7 @@ type Session struct {
 	buf       []byte
 	r, w      int
 	lastFull  bool // the last Read filled all the room it was given
+	sawEOF    bool // the station half-closed: nothing more to read
 	seq       uint64
 	consumed  uint64    // stream offset of buf[r]
 	partialAt uint64    // stream offset of the frame whose timer runs
@@ -102,7 +103,7 @@ type Session struct {
 
 	// Shutdown signalling from the gateway.
 	draining atomic.Bool
-	drainAt  atomic.Int64 // unix nanos; valid once draining
+	drainAt  atomic.Int64 // unix nanos, set once; valid once draining
 
 	// Commit tracking: batches in the order they were queued.
 	cmu         sync.Mutex
@@ -185,12 +186,14 @@ func (s *Session) Stats() Stats {
 // GoAway starts the drain: the station is told to stop sending, and the
 // session keeps reading until the station half-closes or until deadline,
 // after which it stops at the next frame boundary. Safe from any goroutine;
-// later calls do nothing.
+// the first call sets the deadline, later calls do nothing.
 func (s *Session) GoAway(deadline time.Time) {
-	s.drainAt.Store(deadline.UnixNano())
-	if s.draining.Swap(true) {
+	// drainAt before draining: a reader that sees draining finds the
+	// deadline set. The CAS makes the first caller's deadline stick.
+	if !s.drainAt.CompareAndSwap(0, deadline.UnixNano()) {
 		return
 	}
+	s.draining.Store(true)
 	s.wmu.Lock()
 	s.goAwayDue = true
 	s.wmu.Unlock()
@@ -468,6 +471,7 @@ func (s *Session) inFrame() bool {
 func (s *Session) classify(err error) (frame.Reason, bool, error) {
 	switch {
 	case errors.Is(err, io.EOF):
+		s.sawEOF = true
 		if s.r == s.w {
 			if s.draining.Load() {
 				return frame.ReasonShutdown, true, nil
@@ -582,6 +586,9 @@ func (s *Session) finish(ctx context.Context, reason frame.Reason, graceful bool
 
 	if graceful && !s.wbroken && ctx.Err() == nil {
 		out := s.wbuf[:0]
+		if s.goAwayDue {
+			out = frame.AppendGoAway(out) // the drain ended before the writer ran
+		}
 		out = frame.AppendAck(out, s.acked.Load())
 		if reason.Wire() {
 			out = frame.AppendClose(out, reason, reason.Text())
@@ -593,6 +600,9 @@ func (s *Session) finish(ctx context.Context, reason frame.Reason, graceful bool
 			s.obs.AckSent()
 		}
 		closeWrite(s.conn)
+		if !s.sawEOF {
+			s.linger()
+		}
 	}
 	s.conn.Close()
 	st := s.Stats()
@@ -604,6 +614,23 @@ func (s *Session) finish(ctx context.Context, reason frame.Reason, graceful bool
 		attrs = append(attrs, "err", cause)
 	}
 	s.log.Info("session ended", attrs...)
+}
+
+// lingerTimeout bounds how long a closing session reads what the station
+// still sends.
+const lingerTimeout = 500 * time.Millisecond
+
+// linger reads and discards what the station still sends, until its EOF or
+// for lingerTimeout. Closing a socket with unread data in it makes the
+// kernel send RST instead of FIN, and an RST can overtake the final ACK
+// and CLOSE still in flight (net/http's closeWriteAndWait does the same).
+func (s *Session) linger() {
+	_ = s.conn.SetReadDeadline(time.Now().Add(lingerTimeout))
+	for range 1024 { // at most 256 KiB: a station that floods is cut
+		if _, err := s.conn.Read(s.small[:]); err != nil {
+			return
+		}
+	}
 }
 
 // closeWrite sends FIN where the connection supports a half-close, so that a

@@ -96,16 +96,23 @@ func (r *rig) read() (frame.Control, error) {
 // readUntilClose reads gateway frames until the pipe closes and returns the
 // last ACK and the CLOSE reason (0 for none).
 func (r *rig) readUntilClose() (ack uint64, reason frame.Reason) {
+	ack, reason, _ = r.readUntilCloseAt()
+	return ack, reason
+}
+
+// readUntilCloseAt also says when the CLOSE arrived: the gateway lingers a
+// little after it before closing the connection.
+func (r *rig) readUntilCloseAt() (ack uint64, reason frame.Reason, at time.Time) {
 	for {
 		c, err := r.read()
 		if err != nil {
-			return ack, reason
+			return ack, reason, at
 		}
 		switch c.Type {
 		case frame.TypeAck:
 			ack = c.Ack
 		case frame.TypeClose:
-			reason = c.Reason
+			reason, at = c.Reason, time.Now()
 		}
 	}
 }
@@ -117,11 +124,11 @@ func TestIdleTimeoutOnTheClock(t *testing.T) {
 		r := newRig(t, cfg)
 		start := time.Now()
 		r.send("one")
-		ack, reason := r.readUntilClose()
+		ack, reason, at := r.readUntilCloseAt()
 		if reason != frame.ReasonIdleTimeout || ack != 1 {
 			t.Fatalf("got ACK %d CLOSE %d, want ACK 1 CLOSE idle timeout", ack, reason)
 		}
-		if took := time.Since(start); took != cfg.IdleTimeout {
+		if took := at.Sub(start); took != cfg.IdleTimeout {
 			t.Fatalf("closed after %v, want exactly the idle timeout %v", took, cfg.IdleTimeout)
 		}
 		if got := r.end(); got != frame.ReasonIdleTimeout {
@@ -140,11 +147,11 @@ func TestKeepalivesResetTheIdleTimer(t *testing.T) {
 			time.Sleep(50 * time.Second) // fake time: the bubble's clock
 			r.station.Write(frame.AppendHeader(nil, 0))
 		}
-		_, reason := r.readUntilClose()
+		_, reason, at := r.readUntilCloseAt()
 		if reason != frame.ReasonIdleTimeout {
 			t.Fatalf("CLOSE %d", reason)
 		}
-		if took, want := time.Since(start), 150*time.Second+cfg.IdleTimeout; took != want {
+		if took, want := at.Sub(start), 150*time.Second+cfg.IdleTimeout; took != want {
 			t.Fatalf("closed after %v, want %v", took, want)
 		}
 		if r.mem.Len() != 0 {
@@ -171,11 +178,11 @@ func TestFrameTimeoutOnTheClock(t *testing.T) {
 				}
 			}
 		}()
-		_, reason := r.readUntilClose()
+		_, reason, at := r.readUntilCloseAt()
 		if reason != frame.ReasonFrameTimeout {
 			t.Fatalf("CLOSE %d", reason)
 		}
-		if took := time.Since(start); took != cfg.FrameTimeout {
+		if took := at.Sub(start); took != cfg.FrameTimeout {
 			t.Fatalf("closed after %v, want %v", took, cfg.FrameTimeout)
 		}
 		r.end()

@@ -1,0 +1,73 @@
+package session_test
+
+import (
+	"context"
+	"encoding/binary"
+	"io"
+	"log/slog"
+	"net"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/meridian-telemetry/meridian/internal/frame"
+	"github.com/meridian-telemetry/meridian/internal/pipeline"
+	"github.com/meridian-telemetry/meridian/internal/session"
+	"github.com/meridian-telemetry/meridian/internal/sink"
+)
+
+// GoAway documents "later calls do nothing", but every call stores its
+// deadline before the Swap guard. The gateway calls GoAway twice for a
+// session registered while shutdown begins (serveConn with the drainAt it
+// read under mu — the zero time when its critical section ran just before
+// beginShutdown's — and goAwayAll). A second call with a zero/earlier deadline
+// ends the drain at once: the station, which was told "what you send until
+// you half-close is still accepted", loses the frames it sends after GOAWAY.
+func TestSecondGoAwayDoesNotMoveTheDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		gw, station := net.Pipe()
+		mem := sink.NewMemory()
+		agg := pipeline.New(mem, 16)
+		aggDone := make(chan struct{})
+		go func() { defer close(aggDone); agg.Run(context.Background()) }()
+		cfg := session.Config{MaxFrame: 1024, IdleTimeout: time.Minute, FrameTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second}
+		sess := session.New(gw, session.Info{ID: "gs-1@pipe", Station: "pipe"}, cfg, agg, slog.New(slog.DiscardHandler), nil)
+		ended := make(chan frame.Reason, 1)
+		go func() { ended <- sess.Run(context.Background()) }()
+
+		acks := make(chan uint64, 1)
+		go func() {
+			var last uint64
+			for {
+				var hdr [4]byte
+				if _, err := io.ReadFull(station, hdr[:]); err != nil {
+					acks <- last
+					return
+				}
+				p := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+				if _, err := io.ReadFull(station, p); err != nil {
+					acks <- last
+					return
+				}
+				if c, err := frame.ParseControl(p); err == nil && c.Type == frame.TypeAck {
+					last = c.Ack
+				}
+			}
+		}()
+
+		sess.GoAway(time.Now().Add(5 * time.Second)) // the drain runs 5 s
+		sess.GoAway(time.Time{})                     // "later calls do nothing"
+		time.Sleep(time.Second)
+		// Well inside the 5 s drain, the station sends one frame and
+		// half-closes (net.Pipe: closes) — the GOAWAY procedure.
+		station.Write(frame.AppendData(nil, []byte("sent during the drain")))
+		ack := <-acks
+		<-ended
+		station.Close()
+		agg.Close()
+		<-aggDone
+		if ack != 1 || mem.Len() != 1 {
+			t.Fatalf("final ACK %d, sink holds %d frames; want 1 and 1: the second GoAway ended the drain", ack, mem.Len())
+		}
+	})
+}

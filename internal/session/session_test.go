@@ -318,3 +318,67 @@ func TestOversizeAfterFramesAcksThem(t *testing.T) {
 		r.end()
 	})
 }
+
+// ACKs are cumulative, coalesced (at most one per AckInterval) and come
+// within 50 ms of the sink's acceptance: checked on the fake clock.
+func TestAcksCoalescedAndPrompt(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := defaults()
+		cfg.Heartbeat = 0
+		r := newRig(t, cfg)
+		type ackAt struct {
+			n  uint64
+			at time.Time
+		}
+		acks := make(chan ackAt, 1000)
+		go func() {
+			defer close(acks)
+			for {
+				c, err := r.read()
+				if err != nil {
+					return
+				}
+				if c.Type == frame.TypeAck {
+					acks <- ackAt{c.Ack, time.Now()}
+				}
+			}
+		}()
+		const frames = 200
+		sentAt := make([]time.Time, frames+1)
+		for i := 1; i <= frames; i++ {
+			r.send(fmt.Sprintf("f%d", i))
+			sentAt[i] = time.Now()
+			if i%20 == 0 {
+				time.Sleep(time.Millisecond) // bursts, 1 ms apart
+			}
+		}
+		var got []ackAt
+		for a := range acks {
+			got = append(got, a)
+			if a.n == frames {
+				break
+			}
+		}
+		if len(got) == 0 || got[len(got)-1].n != frames {
+			t.Fatalf("ACKs %v never reached %d", got, frames)
+		}
+		if len(got) >= frames/2 {
+			t.Fatalf("%d ACKs for %d frames: not coalesced", len(got), frames)
+		}
+		var prev ackAt
+		for _, a := range got {
+			if a.n < prev.n {
+				t.Fatalf("ACK went back from %d to %d", prev.n, a.n)
+			}
+			if late := a.at.Sub(sentAt[a.n]); late > 50*time.Millisecond {
+				t.Fatalf("ACK %d came %v after the frame was accepted", a.n, late)
+			}
+			if !prev.at.IsZero() && a.at.Sub(prev.at) < 5*time.Millisecond {
+				t.Fatalf("two ACKs %v apart", a.at.Sub(prev.at))
+			}
+			prev = a
+		}
+		r.station.Close()
+		r.end()
+	})
+}

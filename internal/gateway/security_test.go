@@ -332,3 +332,28 @@ func TestLameDuckSpreadsGoAways(t *testing.T) {
 		t.Fatalf("sink holds %d frames, want %d", mem.Len(), 2*n)
 	}
 }
+
+// A connection that never starts its TLS handshake is closed after the
+// handshake timeout and never becomes a session.
+func TestTLSHandshakeTimeout(t *testing.T) {
+	ca := tlstest.NewCA(t, "meridian test CA")
+	cfg := gatewaytest.Config()
+	cfg.TLSHandshakeTimeout = 200 * time.Millisecond
+	g, _ := tlsGateway(t, cfg, ca, false)
+	c, err := net.Dial("tcp", g.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	_ = c.SetReadDeadline(time.Now().Add(wait))
+	if _, err := io.ReadAll(c); err != nil {
+		t.Fatalf("the gateway did not close the silent connection: %v", err)
+	}
+	if took := time.Since(start); took < cfg.TLSHandshakeTimeout {
+		t.Fatalf("closed after %v, before the handshake timeout", took)
+	}
+	if n := len(g.Server.Sessions()); n != 0 {
+		t.Fatalf("%d sessions", n)
+	}
+}

@@ -68,16 +68,23 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// childEnv is the environment of a meridian child: this one, less any
+// MERIDIAN_* variable (those are configuration, and the child gets none by
+// chance), plus the switch that makes the test binary run as meridian.
+func childEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "MERIDIAN_") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, "GO_TEST_RUN_MERIDIAN=1")
+}
+
 func start(t *testing.T, args ...string) *child {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
-	// MERIDIAN_* variables are configuration: the child gets none by chance.
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "MERIDIAN_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	cmd.Env = append(cmd.Env, "GO_TEST_RUN_MERIDIAN=1")
+	cmd.Env = childEnv()
 	c := &child{t: t, cmd: cmd, stderr: &syncBuffer{}, stdout: &syncBuffer{}, done: make(chan error, 1)}
 	cmd.Stderr, cmd.Stdout = c.stderr, c.stdout
 	if err := cmd.Start(); err != nil {
@@ -498,7 +505,7 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 	for range b.N {
 		cmd := exec.Command(os.Args[0], "serve", "--sink", "discard", "--listen", "127.0.0.1:0", "--http-listen", os.Getenv("PROBE_HTTP"),
 			"--heartbeat", "1s", "--idle-timeout", "10m")
-		cmd.Env = append(os.Environ(), "GO_TEST_RUN_MERIDIAN=1")
+		cmd.Env = childEnv()
 		var stderr syncBuffer
 		cmd.Stderr = &stderr
 		if err := cmd.Start(); err != nil {
@@ -571,12 +578,7 @@ func TestSecondSignalForcesExit(t *testing.T) {
 	}
 	defer r.Close()
 	cmd := exec.Command(os.Args[0], "serve", "--sink", "stdout", "--listen", "127.0.0.1:0", "--http-listen", "", "--drain-timeout", "100ms")
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "MERIDIAN_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	cmd.Env = append(cmd.Env, "GO_TEST_RUN_MERIDIAN=1")
+	cmd.Env = childEnv()
 	c := &child{t: t, cmd: cmd, stderr: &syncBuffer{}, stdout: &syncBuffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = w, c.stderr
 	if err := cmd.Start(); err != nil {

@@ -274,7 +274,7 @@ func (s *Server) reject(conn net.Conn, r frame.Reason) {
 	}
 	_ = conn.SetWriteDeadline(time.Now().Add(min(s.cfg.WriteTimeout, time.Second)))
 	_, _ = conn.Write(frame.AppendClose(nil, r, r.Text()))
-	closeWrite(conn)
+	session.CloseWrite(conn)
 	conn.Close()
 }
 
@@ -317,7 +317,7 @@ func (s *Server) serveConn(raw net.Conn, id, ip string) {
 		s.log.Warn("station not authorized", "session", id, "station", info.Station)
 		_ = conn.SetWriteDeadline(time.Now().Add(min(s.cfg.WriteTimeout, time.Second)))
 		_, _ = conn.Write(frame.AppendClose(nil, frame.ReasonUnauthorized, frame.ReasonUnauthorized.Text()))
-		closeWrite(conn)
+		session.CloseWrite(conn)
 		conn.Close()
 		return
 	}
@@ -537,11 +537,4 @@ func remoteIP(a net.Addr) string {
 		return a.String()
 	}
 	return host
-}
-
-func closeWrite(c net.Conn) {
-	type halfCloser interface{ CloseWrite() error }
-	if hc, ok := c.(halfCloser); ok {
-		_ = hc.CloseWrite()
-	}
 }

@@ -478,6 +478,8 @@ func (s *Session) classify(err error) (frame.Reason, bool, error) {
 			}
 			return frame.ReasonStationClosed, true, nil
 		}
+		// Logged here: readLoop's deferred release shrinks the buffer.
+		s.log.Warn("station closed inside a frame; partial frame discarded", "buffered", s.w-s.r)
 		return frame.ReasonTruncated, true, err
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		if s.inFrame() {
@@ -560,9 +562,6 @@ func (s *Session) waitCommitted(ctx context.Context) error {
 // finish ends the session: the final ACK once the sink has everything the
 // session read, the CLOSE when the gateway has a reason to give, then FIN.
 func (s *Session) finish(ctx context.Context, reason frame.Reason, graceful bool, cause error) {
-	if reason == frame.ReasonTruncated {
-		s.log.Warn("station closed inside a frame; partial frame discarded", "buffered", s.w-s.r)
-	}
 	if graceful && ctx.Err() == nil {
 		// The wait is bounded by the forced stop (ctx): a sink that never
 		// accepts cannot hold a session beyond the shutdown grace.
@@ -599,7 +598,7 @@ func (s *Session) finish(ctx context.Context, reason frame.Reason, graceful bool
 		} else {
 			s.obs.AckSent()
 		}
-		closeWrite(s.conn)
+		CloseWrite(s.conn)
 		if !s.sawEOF {
 			s.linger()
 		}
@@ -633,9 +632,9 @@ func (s *Session) linger() {
 	}
 }
 
-// closeWrite sends FIN where the connection supports a half-close, so that a
+// CloseWrite sends FIN where the connection supports a half-close, so that a
 // station reading to EOF learns the session is over.
-func closeWrite(c net.Conn) {
+func CloseWrite(c net.Conn) {
 	type halfCloser interface{ CloseWrite() error }
 	if hc, ok := c.(halfCloser); ok {
 		_ = hc.CloseWrite()

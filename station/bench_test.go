@@ -73,7 +73,7 @@ func startAckPeer(b *testing.B) (addr string, stop func()) {
 			have += n
 			off := 0
 			for {
-				_, m, serr := frame.Split(buf[off:have], frame.DefaultMaxFrame)
+				_, m, serr := frame.Split(buf[off:have], station.DefaultMaxFrame)
 				if serr != nil {
 					break
 				}

@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/meridian-telemetry/meridian/internal/config"
 	"github.com/meridian-telemetry/meridian/internal/frame"
 	"github.com/meridian-telemetry/meridian/station"
 )
@@ -242,8 +243,8 @@ func TestMatchesFrame(t *testing.T) {
 			t.Errorf("station reason %d (%s) vs frame %d (%s)", s, s, f, f)
 		}
 	}
-	if station.DefaultMaxFrame != frame.DefaultMaxFrame {
-		t.Errorf("DefaultMaxFrame %d, frame's %d", station.DefaultMaxFrame, frame.DefaultMaxFrame)
+	if station.DefaultMaxFrame != config.Default().MaxFrame {
+		t.Errorf("DefaultMaxFrame %d, the gateway's default --max-frame %d", station.DefaultMaxFrame, config.Default().MaxFrame)
 	}
 }
 

@@ -198,8 +198,7 @@ func TestGatewayGracefulRestartUnderLoad(t *testing.T) {
 	if err := first.Shutdown(t, 5*time.Second); err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
-	cfg.Listen = first.Addr
-	gatewaytest.Start(t, cfg, mem)
+	gatewaytest.StartAt(t, first.Addr, cfg, mem)
 	if err := <-sent; err != nil {
 		t.Fatal(err)
 	}
@@ -237,8 +236,7 @@ func TestGatewayCrashRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	first.Server.Close()
-	cfg.Listen = first.Addr
-	gatewaytest.Start(t, cfg, mem)
+	gatewaytest.StartAt(t, first.Addr, cfg, mem)
 	if err := <-sent; err != nil {
 		t.Fatal(err)
 	}

@@ -72,8 +72,7 @@ func TestGatewayTLS(t *testing.T) {
 	if err := first.Shutdown(t, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	cfg.Listen = first.Addr
-	gatewaytest.Start(t, cfg, mem, withTLS)
+	gatewaytest.StartAt(t, first.Addr, cfg, mem, withTLS)
 	if err := <-sent; err != nil {
 		t.Fatal(err)
 	}

@@ -201,6 +201,42 @@ func sendFrames(addr string, payloads [][]byte, stop <-chan struct{}) (acked uin
 	return acked, nil
 }
 
+// waitMetrics scrapes the ops listener's /metrics until every line of want
+// is one of its lines, exactly, and returns that scrape. At the deadline it
+// fails, naming the lines still missing.
+func waitMetrics(t *testing.T, httpAddr string, want ...string) string {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for {
+		resp, err := http.Get("http://" + httpAddr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		have := make(map[string]bool)
+		for _, l := range strings.Split(string(b), "\n") {
+			have[l] = true
+		}
+		var missing []string
+		for _, w := range want {
+			if !have[w] {
+				missing = append(missing, w)
+			}
+		}
+		if len(missing) == 0 {
+			return string(b)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics lacks %q:\n%s", missing, b)
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval, not synchronisation
+	}
+}
+
 func readToken(t *testing.T, dir string) string {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(dir, "nats-token"))
@@ -270,18 +306,18 @@ func TestServeEmbeddedEndToEnd(t *testing.T) {
 	if code, _ := get("/readyz"); code != 200 {
 		t.Fatalf("/readyz = %d", code)
 	}
-	_, metrics := get("/metrics")
-	for _, want := range []string{
+	// The station saw its final ACK and EOF, but the gateway counts the
+	// session as ended only after that, so wait for the counter.
+	metrics := waitMetrics(t, httpAddr,
 		"meridian_frames_received_total 50",
 		"meridian_frames_committed_total 50",
 		`meridian_sessions_ended_total{reason="station_closed"} 1`,
 		"meridian_stream_up 1",
 		"meridian_stream_pending_frames 0",
-		"go_goroutines",
-		"process_resident_memory_bytes",
-	} {
-		if !strings.Contains(metrics, want) {
-			t.Errorf("/metrics lacks %q", want)
+	)
+	for _, name := range []string{"go_goroutines", "process_resident_memory_bytes"} {
+		if !regexp.MustCompile(`(?m)^` + name + ` [0-9.e+]+$`).MatchString(metrics) {
+			t.Errorf("/metrics lacks %s", name)
 		}
 	}
 	if code, body := get("/stations"); code != 200 || !strings.HasPrefix(strings.TrimSpace(body), "[") {
@@ -412,8 +448,14 @@ func TestConfigErrorsExit2(t *testing.T) {
 		if code := c.exit(); code != 2 {
 			t.Fatalf("exit %d, want 2; stderr:\n%s", code, c.stderr)
 		}
-		if !strings.Contains(c.stderr.String(), "max") {
-			t.Fatalf("the error does not name the difference:\n%s", c.stderr)
+		// The error names the stream, the setting, both values and the flag.
+		for _, want := range []string{
+			"stream: existing stream conflicts with the configuration: stream TELEMETRY",
+			"max age: stream has 7d, configuration wants 1d (--retention-max-age)",
+		} {
+			if !strings.Contains(c.stderr.String(), want) {
+				t.Errorf("the error does not say %q:\n%s", want, c.stderr)
+			}
 		}
 	})
 }
@@ -672,4 +714,50 @@ func TestSIGHUPReloadsCertificates(t *testing.T) {
 	}
 	ackOne(fresh)
 	ackOne(old) // the session from before the reload is still served
+}
+
+// TestAllowStationsMatchesRemoteIPs: without TLS a station's identity is its
+// remote IP, and --allow-stations filters on it (docs/operations.md,
+// "Identity and the allow-list").
+func TestAllowStationsMatchesRemoteIPs(t *testing.T) {
+	serve := func(allow string) (station, httpAddr string) {
+		c := start(t, "serve", "--sink", "discard", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+			"--allow-stations", allow)
+		m := c.waitLog(`msg="meridian serving" listen=(\S+) sink=\S+ http=(\S+)`)
+		return m[1], m[2]
+	}
+
+	t.Run("refused", func(t *testing.T) {
+		station, httpAddr := serve("10.1.*")
+		conn, err := net.DialTimeout("tcp", station, wait)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_ = conn.SetReadDeadline(time.Now().Add(wait))
+		var hdr [frame.HeaderSize]byte
+		if _, err := io.ReadFull(conn, hdr[:]); err != nil {
+			t.Fatalf("no CLOSE from the gateway: %v", err)
+		}
+		p := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+		if _, err := io.ReadFull(conn, p); err != nil {
+			t.Fatal(err)
+		}
+		ctl, err := frame.ParseControl(p)
+		if err != nil || ctl.Type != frame.TypeClose || ctl.Reason != frame.ReasonUnauthorized {
+			t.Fatalf("gateway sent %+v, %v; want CLOSE not_authorized", ctl, err)
+		}
+		waitMetrics(t, httpAddr,
+			`meridian_rejected_connections_total{reason="not_authorized"} 1`,
+			"meridian_frames_received_total 0")
+	})
+	t.Run("admitted", func(t *testing.T) {
+		station, httpAddr := serve("10.1.*,127.0.0.*")
+		if acked, err := sendFrames(station, [][]byte{[]byte("from loopback")}, nil); err != nil || acked != 1 {
+			t.Fatalf("acked %d, %v", acked, err)
+		}
+		waitMetrics(t, httpAddr,
+			`meridian_rejected_connections_total{reason="not_authorized"} 0`,
+			"meridian_frames_received_total 1")
+	})
 }

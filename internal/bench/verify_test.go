@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/meridian-telemetry/meridian/internal/bench"
-	"github.com/meridian-telemetry/meridian/internal/config"
 	"github.com/meridian-telemetry/meridian/internal/gateway/gatewaytest"
 	"github.com/meridian-telemetry/meridian/internal/stream"
 )
@@ -15,18 +14,14 @@ import (
 // JetStream, then checks that Verify finds every frame once, and that it
 // notices a duplicate and a missing frame planted afterwards.
 func TestVerifyEndToEnd(t *testing.T) {
-	cfg := gatewaytest.Config()
-	cfg.DataDir = t.TempDir()
-	cfg.NATSListen = "127.0.0.1:0"
-	cfg.StoreMaxBytes = 64 * config.MiB
+	cfg := stream.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", StoreMaxBytes: 64 << 20}
 	ctx := testCtx(t)
 	st, err := stream.Open(ctx, cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	cfg.Sink = config.SinkJetStream
-	gw := gatewaytest.Start(t, cfg, st.Sink())
+	gw := gatewaytest.Start(t, gatewaytest.Config(), st.Sink())
 
 	rep, err := bench.Run(ctx, bench.Options{Addr: gw.Addr, Stations: 2, Size: 64, Frames: 200, MaxDuration: 15 * time.Second})
 	if err != nil {
@@ -39,7 +34,7 @@ func TestVerifyEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vo := bench.VerifyOptions{URL: st.ClientURL(), Token: token, Stream: cfg.Stream}
+	vo := bench.VerifyOptions{URL: st.ClientURL(), Token: token, Stream: stream.DefaultName}
 	v, err := bench.Verify(ctx, rep, vo)
 	if err != nil {
 		t.Fatal(err)

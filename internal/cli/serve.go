@@ -9,12 +9,14 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
+	"github.com/meridian-telemetry/meridian/internal/board"
 	"github.com/meridian-telemetry/meridian/internal/config"
 	"github.com/meridian-telemetry/meridian/internal/gateway"
 	"github.com/meridian-telemetry/meridian/internal/metrics"
@@ -80,15 +82,60 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, cmd *cobra.
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg)
 
+	// The ops listener comes first: while the store recovers, which can take
+	// minutes after a crash, /healthz says the process lives and /readyz
+	// says why it does not take frames yet.
+	var (
+		gwRef   atomic.Pointer[gateway.Server]
+		strmRef atomic.Pointer[stream.Stream]
+		phase   atomic.Pointer[string]
+	)
+	setPhase := func(p string) {
+		phase.Store(&p)
+		notify(log, sdnotify.Status(p))
+	}
+	setPhase("starting")
+	var (
+		opsSrv *ops.Server
+		brd    *board.Board
+	)
+	if cfg.HTTPListen != "" {
+		brd = newBoard(gwRef.Load, strmRef.Load)
+		opsSrv = ops.New(ops.Options{
+			Addr:     cfg.HTTPListen,
+			Gatherer: reg,
+			Stations: newRates().stations(gwRef.Load),
+			Board:    brd,
+			Ready: func() error {
+				if gw := gwRef.Load(); gw != nil {
+					return gw.Ready()
+				}
+				return errors.New(*phase.Load())
+			},
+			PProf:  cfg.PProf,
+			Logger: log,
+		})
+		if err := opsSrv.ListenAndStart(); err != nil {
+			return fmt.Errorf("http-listen: cannot listen on --http-listen %s: %w", cfg.HTTPListen, err)
+		}
+		defer stopOps(opsSrv)
+	}
+
 	var (
 		snk  pipeline.Sink
 		strm *stream.Stream
 	)
 	switch cfg.Sink {
 	case config.SinkJetStream:
-		startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		s, err := stream.Open(startCtx, cfg, log)
-		cancel()
+		if cfg.NATSURL == "" {
+			setPhase("starting: opening the embedded JetStream store (recovering it can take minutes)")
+		} else {
+			setPhase("starting: connecting to the NATS cluster")
+		}
+		s, err := openStream(ctx, cfg, log, sigs)
+		if errors.Is(err, errStopDuringStartup) {
+			return nil
+		}
 		if err != nil {
 			if errors.Is(err, stream.ErrStreamConflict) || errors.Is(err, stream.ErrListen) {
 				return usage(err)
@@ -96,6 +143,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, cmd *cobra.
 			return err
 		}
 		strm, snk = s, s.Sink()
+		strmRef.Store(strm)
 		defer strm.Close()
 	case config.SinkStdout:
 		snk = sink.NewStdout(cmd.OutOrStdout())
@@ -105,6 +153,9 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, cmd *cobra.
 
 	var opts []gateway.Option
 	opts = append(opts, gateway.WithObserver(m))
+	if brd != nil {
+		opts = append(opts, boardEnded(brd))
+	}
 	var loader *tlsid.Loader
 	if cfg.TLSCert != "" {
 		l, err := tlsid.Load(tlsid.Files{Cert: cfg.TLSCert, Key: cfg.TLSKey, ClientCA: cfg.TLSClientCA})
@@ -122,11 +173,12 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, cmd *cobra.
 		opts = append(opts, gateway.WithAllow(allow.Allowed))
 	}
 
-	gw, err := gateway.New(cfg, snk, log, opts...)
+	gw, err := gateway.New(gatewayConfig(cfg), snk, log, opts...)
 	if err != nil {
 		return usage(err)
 	}
 	m.Queue(gw.Aggregator().Stats)
+	m.QueueCapacity(gw.Aggregator().Limit())
 	if strm != nil {
 		js := strm.Sink()
 		m.Stream(func() metrics.StreamStats {
@@ -140,25 +192,9 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, cmd *cobra.
 		return fmt.Errorf("listen: cannot listen on --listen %s: %w", cfg.Listen, err)
 	}
 
-	var opsSrv *ops.Server
-	if cfg.HTTPListen != "" {
-		opsSrv = ops.New(ops.Options{
-			Addr:     cfg.HTTPListen,
-			Gatherer: reg,
-			Stations: newRates().stations(gw),
-			Ready:    gw.Ready,
-			PProf:    cfg.PProf,
-			Logger:   log,
-		})
-		if err := opsSrv.ListenAndStart(); err != nil {
-			ln.Close()
-			gw.Close()
-			return fmt.Errorf("http-listen: cannot listen on --http-listen %s: %w", cfg.HTTPListen, err)
-		}
-	}
-
 	served := make(chan error, 1)
 	go func() { served <- gw.Serve(ln) }()
+	gwRef.Store(gw)
 	attrs := []any{"listen", ln.Addr().String(), "sink", cfg.Sink}
 	if strm != nil {
 		attrs = append(attrs, "stream", strm.Name(), "nats", strm.ClientURL())
@@ -170,10 +206,17 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, cmd *cobra.
 		attrs = append(attrs, "tls", true, "mtls", loader.MutualTLS())
 	}
 	log.Info("meridian serving", attrs...)
-	notify(log, sdnotify.Ready)
+	notify(log, sdnotify.Ready+"\n"+sdnotify.Status("serving on "+ln.Addr().String()))
 
-	// Run until a stop signal, or until Serve fails on its own.
-	var sig os.Signal
+	// Run until a stop signal, or until the listener or the sink fails on
+	// its own; each takes the graceful path, so that sessions already open
+	// keep every frame they sent.
+	var (
+		sig     os.Signal
+		failure error // why the gateway stops without being asked to
+		servErr error // Serve's result, once it returned
+		servedC = served
+	)
 wait:
 	for {
 		select {
@@ -183,17 +226,21 @@ wait:
 				continue
 			}
 			break wait
-		case err := <-served:
-			log.Error("station listener failed", "err", err)
-			notify(log, sdnotify.Stopping)
-			ferr := gw.Close()
-			stopOps(opsSrv)
-			return errors.Join(err, ferr)
+		case servErr = <-servedC:
+			servedC = nil
+			failure = fmt.Errorf("station listener failed: %w", servErr)
+			log.Error("station listener failed; shutting down gracefully", "err", servErr)
+			break wait
+		case <-gw.Failed():
+			failure = errors.New("the sink failed")
+			break wait // the gateway logged the cause
 		}
 	}
 
 	notify(log, sdnotify.Stopping)
-	log.Info("signal received: graceful shutdown", "signal", sig.String(), "grace", cfg.ShutdownGrace)
+	if sig != nil {
+		log.Info("signal received: graceful shutdown", "signal", sig.String(), "grace", cfg.ShutdownGrace)
+	}
 	graceCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
 	defer cancel()
 	done := make(chan error, 1)
@@ -220,25 +267,82 @@ wait:
 			cancel()
 		}
 	}
-	<-served
-	stopOps(opsSrv)
-	if errors.Is(shutErr, errDone) {
-		// Only after a clean shutdown: a forced one may have left the
-		// sink blocked in a write. The stream closes its own sink.
-		if strm == nil {
-			if err := snk.Close(); err != nil {
-				log.Error("closing the sink", "err", err)
-			}
-		}
-		log.Info("meridian stopped")
-		return nil
+	if servedC != nil {
+		<-servedC
 	}
 	var fe *gateway.ForcedError
-	if errors.As(shutErr, &fe) {
+	switch {
+	case errors.As(shutErr, &fe):
 		log.Error("shutdown forced", "frames_abandoned", fe.Frames, "cause", fe.Cause)
 		return exitError{code: ExitFail, err: fmt.Errorf("shutdown forced: %d frames abandoned", fe.Frames)}
+	case errors.Is(shutErr, gateway.ErrSinkFailed):
+		log.Error("stopped after the sink failed", "err", shutErr)
+		return exitError{code: ExitFail, err: shutErr}
+	case !errors.Is(shutErr, errDone):
+		return shutErr
 	}
-	return shutErr
+	// Only after a clean shutdown: a forced one may have left the sink
+	// blocked in a write. The stream closes its own sink.
+	if strm == nil {
+		if err := snk.Close(); err != nil {
+			log.Error("closing the sink", "err", err)
+		}
+	}
+	if failure != nil {
+		log.Error("meridian stopped after a failure; every frame read was stored and acknowledged", "err", failure)
+		return exitError{code: ExitFail, err: failure}
+	}
+	log.Info("meridian stopped")
+	return nil
+}
+
+// startupExtendEvery is how often a start-up still opening the stream
+// extends systemd's start timeout.
+const startupExtendEvery = 10 * time.Second
+
+// errStopDuringStartup: a stop signal came while the stream was opening.
+var errStopDuringStartup = errors.New("stopped during start-up")
+
+// openStream opens the durable stream, however long the embedded store's
+// recovery takes; a SIGINT or SIGTERM meanwhile stops the start-up cleanly.
+func openStream(ctx context.Context, cfg config.Config, log *slog.Logger, sigs <-chan os.Signal) (*stream.Stream, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		s   *stream.Stream
+		err error
+	}
+	opened := make(chan result, 1)
+	go func() {
+		s, err := stream.Open(ctx, streamConfig(cfg), log)
+		opened <- result{s, err}
+	}()
+	// Under systemd (Type=notify) a start that sends no READY within
+	// TimeoutStartSec is killed; a long store recovery is not a hung start,
+	// so each tick extends the timeout and says how long it has been.
+	began := time.Now()
+	tick := time.NewTicker(startupExtendEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			notify(log, fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d\n%s", (3*startupExtendEvery).Microseconds(),
+				sdnotify.Status(fmt.Sprintf("starting: opening the stream (%s so far)", time.Since(began).Round(time.Second)))))
+		case r := <-opened:
+			return r.s, r.err
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				log.Info("SIGHUP during start-up: nothing to reload yet")
+				continue
+			}
+			log.Info("signal received during start-up: stopping", "signal", sig.String())
+			cancel()
+			if r := <-opened; r.err == nil {
+				r.s.Close()
+			}
+			return nil, errStopDuringStartup
+		}
+	}
 }
 
 var errDone = errors.New("done")
@@ -286,10 +390,15 @@ type rateMark struct {
 
 func newRates() *rates { return &rates{prev: make(map[string]rateMark)} }
 
-func (r *rates) stations(gw *gateway.Server) func() []ops.StationStatus {
+// stations lists the live sessions of the gateway that gw returns, none
+// before it exists.
+func (r *rates) stations(gw func() *gateway.Server) func() []ops.StationStatus {
 	return func() []ops.StationStatus {
 		now := time.Now()
-		list := gw.Sessions()
+		var list []gateway.Snapshot
+		if g := gw(); g != nil {
+			list = g.Sessions()
+		}
 		out := make([]ops.StationStatus, len(list))
 		r.mu.Lock()
 		defer r.mu.Unlock()

@@ -18,10 +18,14 @@ func newTailCmd() *cobra.Command {
 		Long: `Follow or replay the telemetry stream without altering it: tail reads with
 an ordered consumer that is gone when it exits.
 
-Without --since or --last only frames that arrive from now on are shown;
---since and --last exclude each other. --last N shows the last N frames and
-then keeps following, unless --count is given. The consumer is deleted when
-tail exits (and expires 5 s after a tail that was killed).
+Without --all, --since or --last only frames that arrive from now on are
+shown, like tail -f; on a terminal, a follower that has seen nothing for a
+second says so on stderr ("waiting for new frames; --all or --last N
+replays"). --all starts with the first frame the stream holds, --since at a
+time, --last N with the last N frames; the three exclude each other, and
+each keeps following afterwards unless --count N is given, which exits
+after N frames. The consumer is deleted when tail exits (and expires 5 s
+after a tail that was killed).
 It connects to --nats-url, authenticating with --nats-token or, when that is
 not given, with the token the embedded server keeps in --data-dir/nats-token.
 
@@ -36,6 +40,7 @@ Formats:
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			o.Stderr = cmd.ErrOrStderr()
 			err := tail.Run(ctx, o, cmd.OutOrStdout())
 			if errors.Is(err, tail.ErrUsage) {
 				return usage(err)
@@ -55,9 +60,10 @@ Formats:
 	f.StringVar(&o.DataDir, "data-dir", tail.DefaultDataDir, "data directory of the embedded server, where its token is kept")
 	f.StringVar(&o.Stream, "stream", "TELEMETRY", "stream name")
 	f.StringVar(&o.Station, "station", "", "only this station: its identity (10.0.0.7, gs-1.example.net) or subject token (10-0-0-7)")
+	f.BoolVar(&o.All, "all", false, "start with the first frame in the stream")
 	f.StringVar(&o.Since, "since", "", "start this far back (90s, 36h, 7d) or at this RFC 3339 time")
 	f.IntVar(&o.Last, "last", 0, "start with the last N frames")
-	f.IntVar(&o.Count, "count", 0, "exit after N frames; 0 follows until interrupted")
+	f.IntVar(&o.Count, "count", 0, "exit after N frames (with --all, --since, --last or new ones); 0 follows until interrupted")
 	f.StringVar(&o.Format, "format", tail.FormatText, "output format: text, json, hex or raw")
 	return cmd
 }

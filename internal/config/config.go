@@ -28,6 +28,7 @@ type Config struct {
 	Heartbeat    time.Duration `yaml:"heartbeat"`     // HEARTBEAT interval; 0 disables
 	WriteTimeout time.Duration `yaml:"write-timeout"` // deadline of each write to a station
 	Queue        int           `yaml:"queue"`         // queue bound, frames
+	QueueBytes   Size          `yaml:"queue-bytes"`   // queue bound, bytes of frame buffers
 	Sink         string        `yaml:"sink"`          // jetstream, stdout or discard
 
 	DrainTimeout  time.Duration `yaml:"drain-timeout"`  // how long sessions drain after GOAWAY
@@ -79,7 +80,8 @@ func Default() Config {
 		FrameTimeout:  10 * time.Second,
 		Heartbeat:     30 * time.Second,
 		WriteTimeout:  10 * time.Second,
-		Queue:         256,
+		Queue:         8192,
+		QueueBytes:    64 * MiB,
 		Sink:          SinkJetStream,
 		DrainTimeout:  5 * time.Second,
 		ShutdownGrace: 30 * time.Second,
@@ -107,7 +109,7 @@ func Default() Config {
 // comfortably in memory.
 const MaxFrameLimit = 64 << 20
 
-// Validate reports the first invalid setting, naming its key.
+// Validate reports every invalid setting, each naming its key.
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(key, format string, args ...any) {
@@ -134,6 +136,9 @@ func (c *Config) Validate() error {
 	if c.Queue < 1 {
 		bad("queue", "must be at least 1, got %d", c.Queue)
 	}
+	if c.QueueBytes < 64*KiB {
+		bad("queue-bytes", "must be at least 64KiB, got %s", c.QueueBytes)
+	}
 	switch c.Sink {
 	case SinkJetStream, SinkStdout, SinkDiscard:
 	default:
@@ -144,12 +149,14 @@ func (c *Config) Validate() error {
 	}
 	if c.ShutdownGrace <= 0 {
 		bad("shutdown-grace", "must be positive, got %s", c.ShutdownGrace)
-	} else if c.DrainTimeout+c.LameDuck >= c.ShutdownGrace {
-		if c.LameDuck > 0 {
-			bad("drain-timeout", "drain-timeout (%s) plus lame-duck (%s) must be shorter than shutdown-grace (%s)", c.DrainTimeout, c.LameDuck, c.ShutdownGrace)
-		} else {
-			bad("drain-timeout", "drain-timeout (%s) must be shorter than shutdown-grace (%s)", c.DrainTimeout, c.ShutdownGrace)
-		}
+	} else if c.DrainTimeout+c.FrameTimeout+c.LameDuck >= c.ShutdownGrace {
+		// The whole budget of a compliant station: its GOAWAY may come at
+		// the end of the lame-duck period, it may drain for drain-timeout,
+		// and the frame in progress at the drain deadline is still
+		// finished, for up to frame-timeout. What is left of the grace is
+		// for the final commits and the sink's flush.
+		bad("shutdown-grace", "drain-timeout (%s) plus frame-timeout (%s) plus lame-duck (%s) must be shorter than shutdown-grace (%s)",
+			c.DrainTimeout, c.FrameTimeout, c.LameDuck, c.ShutdownGrace)
 	}
 	if c.LameDuck < 0 {
 		bad("lame-duck", "must not be negative, got %s", c.LameDuck)

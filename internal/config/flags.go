@@ -23,10 +23,11 @@ var help = map[string]string{
 	"heartbeat":     "interval of HEARTBEAT frames to idle stations; 0 disables them",
 	"write-timeout": "deadline of each write to a station (ACK, HEARTBEAT, CLOSE)",
 	"queue":         "bound of the queue between sessions and the sink, in frames; a full queue slows every station down",
+	"queue-bytes":   "bound of the same queue in bytes of frame buffers (size: 64MiB); whichever bound is reached first pushes back",
 	"sink":          "where committed frames go: jetstream, stdout or discard",
 
 	"drain-timeout":  "how long sessions may drain after GOAWAY before they are closed",
-	"shutdown-grace": "bound of the whole shutdown; must exceed drain-timeout plus lame-duck",
+	"shutdown-grace": "bound of the whole shutdown; must exceed drain-timeout plus frame-timeout plus lame-duck",
 	"lame-duck":      "on SIGTERM, spread GOAWAYs over this long so stations do not reconnect at once; 0 sends them all at once",
 
 	"log-format": "log format: text or json",
@@ -52,7 +53,7 @@ var help = map[string]string{
 	"publish-window":      "publishes in flight to JetStream before the sink waits for acknowledgements",
 	"publish-timeout":     "how long the sink waits for a JetStream acknowledgement",
 
-	"http-listen":           "ops HTTP listener (/metrics, /healthz, /readyz, /stations), host:port",
+	"http-listen":           "ops HTTP listener (the station board at /, /api/board, /metrics, /healthz, /readyz, /stations), host:port; empty disables it",
 	"pprof":                 "serve /debug/pprof/ on the ops listener",
 	"max-sessions":          "most station sessions open at once; beyond it connections are refused with server_busy",
 	"max-sessions-per-ip":   "most sessions from one IP address; 0: no limit",

@@ -155,6 +155,11 @@ func TestErrors(t *testing.T) {
 	// Validation runs on the merged result and names the key.
 	f("invalid after merge", "queue: 0\n", nil, nil, nil, "queue: must be at least 1")
 	f("invalid from env", "", []string{"MERIDIAN_SINK=kafka"}, nil, nil, "sink", "kafka")
+	// The shutdown budget counts the frame a station may still be finishing
+	// at the drain deadline: 5s + 10s + 10s is not shorter than 25s, though
+	// drain plus lame duck alone would be.
+	f("frame timeout in the shutdown budget", "drain-timeout: 5s\nframe-timeout: 10s\nlame-duck: 10s\nshutdown-grace: 25s\n",
+		nil, nil, nil, "shutdown-grace", "frame-timeout (10s)")
 
 	// The file itself.
 	f("missing file", "", []string{"MERIDIAN_CONFIG=/nonexistent/meridian.yaml"}, nil, os.ErrNotExist, "/nonexistent/meridian.yaml")
@@ -199,7 +204,7 @@ func TestPrint(t *testing.T) {
 	s := out.String()
 	for _, want := range []string{
 		"nats-token: REDACTED\n", `nats-password: ""` + "\n", "nats-user: gateway\n",
-		"store-max-bytes: 20GiB\n", "retention-max-age: 7d\n", "queue: 256\n", "pprof: false\n",
+		"store-max-bytes: 20GiB\n", "retention-max-age: 7d\n", "queue: 8192\n", "queue-bytes: 64MiB\n", "pprof: false\n",
 		"lame-duck: 10s\n", "allow-stations: ['*.gs.example', kiruna]\n", "listen: :7777\n",
 	} {
 		if !strings.Contains(s, want) {
@@ -260,7 +265,7 @@ func TestFlagsShowDefaults(t *testing.T) {
 	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
 	BindFlags(fs)
 	for key, want := range map[string]string{
-		"heartbeat": "30s", "store-max-bytes": "10GiB", "retention-max-age": "7d", "listen": ":7777", "queue": "256",
+		"heartbeat": "30s", "store-max-bytes": "10GiB", "retention-max-age": "7d", "listen": ":7777", "queue": "8192", "queue-bytes": "64MiB",
 	} {
 		f := fs.Lookup(key)
 		if f == nil {

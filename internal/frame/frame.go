@@ -17,9 +17,6 @@ const HeaderSize = 4
 // for a later protocol version (station hello, resume) and refuses it.
 const ControlBit = 1 << 31
 
-// DefaultMaxFrame is the default bound on a data frame's payload length.
-const DefaultMaxFrame = 64 * 1024
-
 // Type is the first payload byte of a gateway→station frame.
 type Type byte
 
@@ -68,10 +65,14 @@ var (
 )
 
 // Split parses one station→gateway frame at the start of b. It returns the
-// payload (aliasing b) and the number of bytes the frame takes. When b holds
-// less than a whole frame it returns ErrShort together with the payload
-// length announced by a complete header (or -1 without one), so that callers
-// can size their buffers. A zero-length payload is a keepalive.
+// payload (aliasing b, its capacity cut at its end) and the number of bytes
+// the frame takes. A zero-length payload is a keepalive.
+//
+// A complete header is judged at once, before any payload byte arrives: a
+// length with ControlBit set is ErrControl, one above max is ErrTooLarge.
+// Otherwise, when b holds less than a whole frame, Split returns nil, 0 and
+// ErrShort; a caller that sizes its buffer for the rest reads the announced
+// length with Length.
 func Split(b []byte, max uint32) (payload []byte, n int, err error) {
 	if len(b) < HeaderSize {
 		return nil, 0, ErrShort

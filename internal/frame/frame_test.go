@@ -27,6 +27,8 @@ func TestSplit(t *testing.T) {
 	f([]byte{0, 0, 0, 2, 'h', 'i', 'x'}, 10, []byte("hi"), 6, nil)
 	f([]byte{0, 0, 0, 11}, 10, nil, 0, ErrTooLarge)
 	f([]byte{0, 0, 0, 10}, 10, nil, 0, ErrShort) // exactly max is allowed
+	f(append([]byte{0, 0, 0, 10}, "0123456789"...), 10, []byte("0123456789"), 14, nil)
+	f([]byte{0, 0, 0, 11, 'x'}, 10, nil, 0, ErrTooLarge) // judged on the header alone
 	f([]byte{0x80, 0, 0, 1, 1}, 10, nil, 0, ErrControl)
 	f([]byte{0xff, 0xff, 0xff, 0xff}, 10, nil, 0, ErrControl)
 }
@@ -109,14 +111,24 @@ func TestReasons(t *testing.T) {
 			t.Fatalf("reason %d = %q, want %q", code, code, name)
 		}
 	}
-	if Reason(42).String() != "reason_42" {
-		t.Fatal(Reason(42).String())
+	if Reason(42).String() != "reason_42" || Reason(42).Text() != "reason 42" {
+		t.Fatal(Reason(42).String(), Reason(42).Text())
+	}
+	// Reasons is complete, and every reason has its own name and text.
+	if len(Reasons()) != len(reasonNames) || len(reasonTexts) != len(reasonNames) {
+		t.Fatalf("%d reasons, %d names, %d texts", len(Reasons()), len(reasonNames), len(reasonTexts))
+	}
+	for _, r := range Reasons() {
+		if _, ok := reasonTexts[r]; !ok {
+			t.Errorf("%v has no text", r)
+		}
 	}
 }
 
 // stream parses a byte stream delivered in chunks the way a session does:
-// append what arrives, take every whole frame, keep the rest.
-func stream(chunks [][]byte, max uint32) (frames [][]byte, err error) {
+// append what arrives, take every whole frame, keep the rest, which it
+// returns (from the frame that failed, on error).
+func stream(chunks [][]byte, max uint32) (frames [][]byte, rest []byte, err error) {
 	var buf []byte
 	for _, c := range chunks {
 		buf = append(buf, c...)
@@ -126,13 +138,13 @@ func stream(chunks [][]byte, max uint32) (frames [][]byte, err error) {
 				break
 			}
 			if err != nil {
-				return frames, err
+				return frames, buf, err
 			}
 			frames = append(frames, append([]byte(nil), p...))
 			buf = buf[n:]
 		}
 	}
-	return frames, nil
+	return frames, buf, nil
 }
 
 // FuzzSplitStream feeds random bytes split at random points: a TCP stream can
@@ -144,19 +156,36 @@ func FuzzSplitStream(f *testing.F) {
 	f.Add([]byte{0, 0, 0, 3, 'a', 'b'}, []byte{1, 1}, uint16(8)) // truncated
 	f.Fuzz(func(t *testing.T, data, cuts []byte, max16 uint16) {
 		max := uint32(max16)
-		whole, wholeErr := stream([][]byte{data}, max)
+		whole, rest, wholeErr := stream([][]byte{data}, max)
+		// Nothing is lost or invented: the frames, encoded again, and what
+		// is left are the input. What is left is an incomplete frame, or
+		// the frame that failed.
+		var again []byte
+		for _, p := range whole {
+			again = AppendData(again, p)
+		}
+		if !bytes.Equal(append(again, rest...), data) {
+			t.Fatalf("frames and rest do not add up to the input")
+		}
+		want := kind(wholeErr)
+		if wholeErr == nil {
+			want = ErrShort
+		}
+		if _, _, err := Split(rest, max); !errors.Is(err, want) || err == nil {
+			t.Fatalf("rest % x gives %v, stream ended with %v", rest, err, wholeErr)
+		}
 		var chunks [][]byte
-		rest := data
+		left := data
 		for _, c := range cuts {
-			if len(rest) == 0 {
+			if len(left) == 0 {
 				break
 			}
-			n := int(c) % (len(rest) + 1)
-			chunks = append(chunks, rest[:n])
-			rest = rest[n:]
+			n := int(c) % (len(left) + 1)
+			chunks = append(chunks, left[:n])
+			left = left[n:]
 		}
-		chunks = append(chunks, rest)
-		split, splitErr := stream(chunks, max)
+		chunks = append(chunks, left)
+		split, _, splitErr := stream(chunks, max)
 		if kind(wholeErr) != kind(splitErr) {
 			t.Fatalf("whole err %v, split err %v", wholeErr, splitErr)
 		}
@@ -223,7 +252,7 @@ func BenchmarkSplit(b *testing.B) {
 			for i := 0; i < b.N; {
 				rest := buf
 				for len(rest) > 0 && i < b.N {
-					_, n, err := Split(rest, DefaultMaxFrame)
+					_, n, err := Split(rest, 64<<10) // the gateway's default --max-frame
 					if err != nil {
 						b.Fatal(err)
 					}

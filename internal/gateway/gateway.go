@@ -11,11 +11,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
-	"github.com/meridian-telemetry/meridian/internal/config"
 	"github.com/meridian-telemetry/meridian/internal/frame"
 	"github.com/meridian-telemetry/meridian/internal/pipeline"
 	"github.com/meridian-telemetry/meridian/internal/session"
@@ -27,8 +28,27 @@ const maxRejecting = 64
 // forceWait bounds how long a forced stop waits for the sink to give up.
 const forceWait = 2 * time.Second
 
-// ErrServerClosed is returned by Serve after Shutdown or Close.
-var ErrServerClosed = errors.New("gateway: server closed")
+// Errors of Serve and Shutdown.
+var (
+	// ErrServerClosed is returned by Serve after Shutdown or Close.
+	ErrServerClosed = errors.New("gateway: server closed")
+	// ErrSinkFailed is returned by Shutdown when the sink failed while the
+	// gateway ran: frames read after the failure were never stored (and
+	// never acknowledged). Failed says when it happens.
+	ErrSinkFailed = errors.New("gateway: the sink failed")
+)
+
+// State is where the gateway is in its life, for /readyz and the board.
+type State string
+
+// States in the order a gateway passes through them.
+const (
+	StateStarting State = "starting"  // Serve not yet called
+	StateReady    State = "ready"     // serving; the sink takes frames (see Ready)
+	StateLameDuck State = "lame_duck" // shutdown began; GOAWAYs still being spread
+	StateDraining State = "draining"  // shutdown began; sessions draining
+	StateFailed   State = "failed"    // the sink failed; shutting down
+)
 
 // ForcedError is returned when a stop was forced (Close, or Shutdown's
 // context ended first). Frames counts those read from stations but never
@@ -54,7 +74,12 @@ type Observer interface {
 	TLSHandshakeFailed()
 }
 
-type nopObserver struct{ session.Observer }
+// nopObserver spells out every method, so that a method added to Observer
+// (or to session.Observer) breaks the build here instead of panicking on a
+// nil embedded interface at run time.
+type nopObserver struct{}
+
+var _ Observer = nopObserver{}
 
 func (nopObserver) SessionStarted()              {}
 func (nopObserver) SessionEnded(frame.Reason)    {}
@@ -79,6 +104,12 @@ func WithTLS(c *tls.Config, identity func(tls.ConnectionState) string) Option {
 	return func(s *Server) { s.tls, s.identity = c, identity }
 }
 
+// WithSessionEnded calls f, on the session's goroutine, each time a session
+// ends, with its final counters and close reason. f must be quick.
+func WithSessionEnded(f func(Snapshot, frame.Reason)) Option {
+	return func(s *Server) { s.ended = f }
+}
+
 // WithAllow limits which station identities may open a session.
 func WithAllow(allowed func(identity string) bool) Option {
 	return func(s *Server) { s.allowed = allowed }
@@ -86,7 +117,7 @@ func WithAllow(allowed func(identity string) bool) Option {
 
 // Server accepts station connections and runs their sessions.
 type Server struct {
-	cfg      config.Config // immutable after New
+	cfg      Config // immutable after New
 	scfg     session.Config
 	sink     pipeline.Sink
 	agg      *pipeline.Aggregator
@@ -95,6 +126,7 @@ type Server struct {
 	tls      *tls.Config
 	identity func(tls.ConnectionState) string
 	allowed  func(string) bool
+	ended    func(Snapshot, frame.Reason)
 
 	// forced ends every session and the aggregator at once: Close, or the
 	// end of Shutdown's context.
@@ -104,10 +136,12 @@ type Server struct {
 	aggDone   chan struct{} // closed when the aggregator's Run returned
 	aggErr    error         // set before aggDone closes
 
-	nextID   atomic.Uint64
-	serving  atomic.Bool
-	shutdown atomic.Bool
-	conns    sync.WaitGroup // session and rejection goroutines
+	nextID    atomic.Uint64
+	serving   atomic.Bool
+	shutdown  atomic.Bool
+	lameUntil atomic.Int64   // unix nanos: the end of the lame-duck spread
+	unqueued  atomic.Uint64  // frames ended sessions read but never queued
+	conns     sync.WaitGroup // session and rejection goroutines
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -120,7 +154,7 @@ type Server struct {
 
 // New returns a server that will feed sink. The aggregator starts now; the
 // server serves once Serve is called.
-func New(cfg config.Config, sink pipeline.Sink, log *slog.Logger, opts ...Option) (*Server, error) {
+func New(cfg Config, sink pipeline.Sink, log *slog.Logger, opts ...Option) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -134,7 +168,7 @@ func New(cfg config.Config, sink pipeline.Sink, log *slog.Logger, opts ...Option
 			WriteTimeout: cfg.WriteTimeout,
 		},
 		sink:      sink,
-		agg:       pipeline.New(sink, cfg.Queue),
+		agg:       pipeline.New(sink, cfg.Queue, pipeline.WithByteLimit(cfg.QueueBytes)),
 		log:       log,
 		obs:       nopObserver{},
 		quit:      make(chan struct{}),
@@ -150,9 +184,22 @@ func New(cfg config.Config, sink pipeline.Sink, log *slog.Logger, opts ...Option
 	go func() {
 		defer close(s.aggDone)
 		s.aggErr = s.agg.Run(s.forced)
+		if s.aggErr != nil && s.forced.Err() == nil {
+			// Every session now ends with its final ACK and CLOSE
+			// (internal error); the owner learns it from Failed and
+			// shuts the gateway down.
+			s.log.Error("sink failed: no more frames can be stored; ending every session and shutting down",
+				"err", s.aggErr, "frames_committed", s.agg.Stats().Committed)
+		}
 	}()
 	return s, nil
 }
+
+// Failed is closed when the sink has failed: frames can no longer be
+// stored. Every session is then ending with its final ACK and CLOSE
+// (internal error); the owner should call Shutdown, which reports
+// ErrSinkFailed.
+func (s *Server) Failed() <-chan struct{} { return s.agg.Failed() }
 
 // Aggregator exposes the queue's counters for metrics.
 func (s *Server) Aggregator() *pipeline.Aggregator { return s.agg }
@@ -182,8 +229,10 @@ func (s *Server) Serve(ln net.Listener) error {
 			if s.shutdown.Load() {
 				return ErrServerClosed
 			}
-			if errors.Is(err, net.ErrClosed) {
-				return fmt.Errorf("gateway: listener closed: %w", err)
+			if !temporary(err) {
+				// The listener is gone for good. The caller shuts down
+				// gracefully: the sessions already open keep their frames.
+				return fmt.Errorf("gateway: accept on %s: %w", ln.Addr(), err)
 			}
 			// EMFILE and friends: back off instead of spinning, and let
 			// shutdown interrupt the wait.
@@ -245,10 +294,15 @@ func (s *Server) accept(conn net.Conn) {
 	id := fmt.Sprintf("gs-%d@%s", s.nextID.Add(1), conn.RemoteAddr())
 	if s.tls == nil {
 		// Logged here rather than in the session's goroutine: formatting a
-		// log record needs several KiB of stack, and a goroutine's stack
-		// stays grown while it idles — 10,000 idle sessions would keep
-		// 40 MiB of it. With TLS the identity is known only after the
-		// handshake, which costs more stack than the log line anyway.
+		// log record grows a goroutine's stack to 8 KiB, and the collector
+		// halves an idle goroutine's stack only while less than a quarter
+		// of it is in use, counting an 800-byte reserve; a session blocked
+		// in Read uses about 1.9 KB, so its stack would stay at 8 KiB
+		// instead of 4 KiB: 12.0 against 7.9 KiB per idle session after
+		// forced collections (docs/benchmarks.md, "Idle sessions"). With
+		// TLS the identity is known only after the handshake, and a
+		// goroutine idling in tls.Conn.Read keeps an 8 KiB stack wherever
+		// the line is logged.
 		s.log.Info("session started", "session", id, "station", ip)
 	}
 	go s.serveConn(conn, id, ip)
@@ -339,8 +393,12 @@ func (s *Server) serveConn(raw net.Conn, id, ip string) {
 	}
 
 	reason := sess.Run(s.forced)
+	s.unqueued.Add(sess.Unqueued())
 
 	s.obs.SessionEnded(reason)
+	if s.ended != nil {
+		s.ended(Snapshot{Info: sess.Info(), Stats: sess.Stats()}, reason)
+	}
 	s.mu.Lock()
 	delete(s.sessions, sess)
 	s.mu.Unlock()
@@ -388,12 +446,13 @@ func (s *Server) shutdownWith(ctx context.Context, lameDuck time.Duration) error
 	case <-ctx.Done():
 		return s.force(ctx.Err())
 	}
-	if s.aggErr != nil {
-		return s.force(s.aggErr)
-	}
 	st := s.agg.Stats()
-	s.log.Info("shutdown complete", "frames_committed", st.Committed)
 	s.forceStop()
+	if s.aggErr != nil {
+		lost := st.Queued - st.Committed + s.unqueued.Load()
+		return fmt.Errorf("%w: %w (%d frames read and not stored; no station got an ACK for them)", ErrSinkFailed, s.aggErr, lost)
+	}
+	s.log.Info("shutdown complete", "frames_committed", st.Committed)
 	return nil
 }
 
@@ -423,7 +482,10 @@ func (s *Server) force(cause error) *ForcedError {
 		s.log.Error("sink did not return after the forced stop; abandoning it", "waited", forceWait)
 	}
 	st := s.agg.Stats()
-	return &ForcedError{Frames: st.Queued - st.Committed, Cause: cause}
+	// Read but not stored: queued and never committed, plus what the
+	// sessions took from their stations and never queued (an open batch, a
+	// batch blocked in Put, whole frames still buffered).
+	return &ForcedError{Frames: st.Queued - st.Committed + s.unqueued.Load(), Cause: cause}
 }
 
 // beginShutdown stops accepting. Idempotent.
@@ -433,7 +495,9 @@ func (s *Server) beginShutdown(lameDuck time.Duration) {
 	if s.shutdown.Swap(true) {
 		return
 	}
-	s.drainAt = time.Now().Add(lameDuck + s.cfg.DrainTimeout)
+	now := time.Now()
+	s.drainAt = now.Add(lameDuck + s.cfg.DrainTimeout)
+	s.lameUntil.Store(now.Add(lameDuck).UnixNano())
 	close(s.quit)
 	for ln := range s.listeners {
 		ln.Close()
@@ -472,9 +536,29 @@ func (s *Server) goAwayAll(ctx context.Context, lameDuck time.Duration) error {
 	return nil
 }
 
+// State says where the gateway is in its life.
+func (s *Server) State() State {
+	switch {
+	case s.agg.Err() != nil:
+		return StateFailed
+	case s.shutdown.Load():
+		if time.Now().UnixNano() < s.lameUntil.Load() {
+			return StateLameDuck
+		}
+		return StateDraining
+	case !s.serving.Load():
+		return StateStarting
+	}
+	return StateReady
+}
+
 // Ready reports whether the gateway takes frames: not before Serve, not
-// while shutting down, not while the sink reports a problem.
+// while shutting down, not after the sink failed, not while the sink
+// reports a problem.
 func (s *Server) Ready() error {
+	if err := s.agg.Err(); err != nil {
+		return fmt.Errorf("sink failed: %w", err)
+	}
 	if !s.serving.Load() {
 		return errors.New("starting")
 	}
@@ -526,6 +610,23 @@ func waitGroup(ctx context.Context, wg *sync.WaitGroup) error {
 		// The waiter goroutine ends once force has closed every session.
 		return ctx.Err()
 	}
+}
+
+// temporary reports whether an accept error may go away by itself (out of
+// file descriptors or buffers, an aborted handshake), so that the accept
+// loop backs off and retries, as net/http does; any other error means the
+// listener is gone.
+func temporary(err error) bool {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		switch errno {
+		case syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM,
+			syscall.ECONNABORTED, syscall.ECONNRESET, syscall.EAGAIN, syscall.EINTR, syscall.EPROTO:
+			return true
+		}
+		return false
+	}
+	return errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 func remoteIP(a net.Addr) string {

@@ -216,12 +216,22 @@ func TestBackPressureWithoutLoss(t *testing.T) {
 			}
 		}
 	}()
-	// While the store is unavailable nothing may be acknowledged.
+	// While the store is unavailable the queue fills and the session is
+	// pushed back: it stops reading, and nothing is acknowledged.
+	eventually(t, "the queue to fill and the session to block", func() bool {
+		st := g.Server.Aggregator().Stats()
+		return st.Depth > 0 && st.Waiting == 1
+	})
+	if _, read := framesRead(g); read > uint64(2*cfg.Queue) {
+		t.Fatalf("the session queued %d frames with a queue of %d held by the sink", read, cfg.Queue)
+	}
 	if c, err := st.next(300 * time.Millisecond); err == nil {
 		t.Fatalf("got %v (ack %d) while the sink held everything", c.Type, c.Ack)
 	}
-	if n := mem.Len(); n != 0 {
-		t.Fatalf("sink holds %d frames while held", n)
+	for _, s := range g.Server.Sessions() {
+		if s.Acked != 0 {
+			t.Fatalf("session acknowledged %d frames while the sink held everything", s.Acked)
+		}
 	}
 	resume()
 	<-sent
@@ -462,56 +472,6 @@ func TestShutdownForcedByGrace(t *testing.T) {
 	var fe *gateway.ForcedError
 	if !errors.As(err, &fe) || fe.Frames != 2 || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Shutdown = %v, want a forced stop abandoning 2 frames", err)
-	}
-}
-
-// flakyListener fails Accept a number of times, as a listener out of file
-// descriptors does.
-type flakyListener struct {
-	net.Listener
-	mu    sync.Mutex
-	fails int
-}
-
-func (l *flakyListener) Accept() (net.Conn, error) {
-	l.mu.Lock()
-	if l.fails > 0 {
-		l.fails--
-		l.mu.Unlock()
-		return nil, errors.New("accept: too many open files")
-	}
-	l.mu.Unlock()
-	return l.Listener.Accept()
-}
-
-func TestAcceptErrorsBackOffAndRecover(t *testing.T) {
-	srv, err := gateway.New(gatewaytest.Config(), sink.NewDiscard(), gatewaytest.Logger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fl := &flakyListener{Listener: ln, fails: 4}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(fl) }()
-	st := dial(t, ln.Addr().String())
-	st.send([]byte("x"))
-	st.ackAtLeast(1, wait) // served after 5+10+20+40 ms of back-off
-
-	// A shutdown during a back-off wait is not held up by it.
-	fl.mu.Lock()
-	fl.fails = 1 << 30
-	fl.mu.Unlock()
-	st.finish(wait)
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	if err := srv.Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-served; !errors.Is(err, gateway.ErrServerClosed) {
-		t.Fatalf("Serve = %v", err)
 	}
 }
 

@@ -41,25 +41,24 @@ func (l *lateListener) Addr() net.Addr {
 	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 7777}
 }
 
-type countingObserver struct{ started atomic.Int64 }
+type countingObserver struct{ started, acceptErrors, tlsFailures atomic.Int64 }
 
 func (o *countingObserver) SessionStarted()              { o.started.Add(1) }
 func (o *countingObserver) SessionEnded(frame.Reason)    {}
-func (o *countingObserver) AcceptError()                 {}
+func (o *countingObserver) AcceptError()                 { o.acceptErrors.Add(1) }
 func (o *countingObserver) Rejected(frame.Reason)        {}
-func (o *countingObserver) TLSHandshakeFailed()          {}
+func (o *countingObserver) TLSHandshakeFailed()          { o.tlsFailures.Add(1) }
 func (o *countingObserver) Received(int, int)            {}
 func (o *countingObserver) ObserveFrameSize(int)         {}
 func (o *countingObserver) Committed(int, time.Duration) {}
 func (o *countingObserver) HeartbeatSent()               {}
 func (o *countingObserver) AckSent()                     {}
 
-// Server.accept never checks shutdown: a connection that Accept returned as
-// Shutdown began is counted with conns.Add(1) after Shutdown's
-// waitGroup(&s.conns) may already have returned (a WaitGroup Add racing
-// Wait), and a session goroutine starts after Shutdown reported a clean stop.
-// net/http and nats refuse to start connection goroutines once shutdown
-// began.
+// A connection that Accept returns just as Shutdown begins must not start a
+// session: Server.accept checks for shutdown under the lock that
+// beginShutdown holds, so no connection goroutine is added after Shutdown
+// may have started waiting for them, and none starts after Shutdown
+// reported a clean stop (net/http and nats refuse the same way).
 func TestNoSessionStartsAfterShutdown(t *testing.T) {
 	obs := &countingObserver{}
 	srv, err := gateway.New(gatewaytest.Config(), sink.NewDiscard(), gatewaytest.Logger(), gateway.WithObserver(obs))

@@ -21,10 +21,11 @@ import (
 const namespace = "meridian"
 
 // Histogram buckets. Frame sizes span the whole range --max-frame allows
-// (64 B to 16 MiB, ×4 per bucket); commit latency spans a local sink's
-// milliseconds to a struggling replicated stream's tens of seconds.
+// (64 B to config.MaxFrameLimit, 64 MiB, ×4 per bucket; a test holds this);
+// commit latency spans a local sink's milliseconds to a struggling
+// replicated stream's tens of seconds.
 var (
-	frameSizeBuckets     = prometheus.ExponentialBuckets(64, 4, 10)
+	frameSizeBuckets     = prometheus.ExponentialBuckets(64, 4, 11)
 	commitLatencyBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
 )
 
@@ -253,6 +254,21 @@ func (m *Metrics) Queue(stats func() pipeline.Stats) {
 			Help: "Time sessions spent blocked on a full queue, summed over sessions.",
 		}, func() float64 { return stats().BlockedFor.Seconds() }),
 	)
+}
+
+// QueueCapacity exports the queue's capacity in frames (--queue), so that
+// alerts compare meridian_queue_depth_frames with it instead of a number
+// copied from the configuration. Call it once, with the aggregator's Limit.
+func (m *Metrics) QueueCapacity(frames int) {
+	if m == nil || m.reg == nil {
+		return
+	}
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "queue_capacity_frames",
+		Help: "Frames the queue between sessions and the sink holds at most (--queue).",
+	})
+	g.Set(float64(frames))
+	m.reg.MustRegister(g)
 }
 
 // StreamStats is what the durable sink reports; see Stream.

@@ -1,15 +1,18 @@
-// Package ops is the gateway's operations HTTP listener: Prometheus metrics,
-// liveness and readiness probes, the live station table and, when asked for,
-// pprof. It is a separate listener from the station port so that it can stay
-// on a private address (the default is 127.0.0.1:9477).
+// Package ops is the gateway's operations HTTP listener: the station board
+// (a page at / and its JSON at /api/board), Prometheus metrics, liveness and
+// readiness probes, the live station table and, when asked for, pprof. It is
+// a separate listener from the station port so that it can stay on a private
+// address (the default is 127.0.0.1:9477).
 package ops
 
 import (
 	"cmp"
 	"context"
+	"embed"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -20,7 +23,15 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/meridian-telemetry/meridian/internal/board"
 )
+
+// assets are the board's page, style and script: embedded, so that the board
+// works on an air-gapped network, with nothing loaded from elsewhere.
+//
+//go:embed assets
+var assets embed.FS
 
 // Errors returned by Start.
 var (
@@ -31,7 +42,7 @@ var (
 // StationStatus is one live session as /stations shows it.
 type StationStatus struct {
 	ID              string    `json:"id"`                     // session id, as in the logs
-	Station         string    `json:"station"`                // station name from the handshake
+	Station         string    `json:"station"`                // identity: remote IP, or TLS identity with mTLS
 	RemoteAddr      string    `json:"remote_addr"`            // peer address, ip:port
 	TLSIdentity     string    `json:"tls_identity,omitempty"` // client certificate identity; empty without mTLS
 	ConnectedSince  time.Time `json:"connected_since"`
@@ -52,6 +63,10 @@ type Options struct {
 	// Stations lists the live sessions for /stations; nil shows none. It is
 	// called from HTTP handler goroutines and must be safe for that.
 	Stations func() []StationStatus
+	// Board is the station board behind / and /api/board; nil serves the
+	// page with an empty board. The server runs its sampler from Start until
+	// Shutdown or Close.
+	Board *board.Board
 	// Ready reports whether the gateway can take frames now: nil error is
 	// ready. It is called on every /readyz request. Nil means always ready.
 	Ready func() error
@@ -72,7 +87,9 @@ type Server struct {
 	started bool
 	closed  bool
 	addr    net.Addr
-	done    chan struct{} // closed when the serve goroutine returns
+	done    chan struct{} // closed when the serve and board goroutines returned
+	// stopBoard ends the board's sampler; set by Start, called by markClosed.
+	stopBoard context.CancelFunc
 	// serveErr is why Serve returned, if not because of Shutdown or Close;
 	// written by the serve goroutine before done is closed.
 	serveErr error
@@ -116,6 +133,15 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.HandleFunc("GET /stations", s.stations)
+	mux.HandleFunc("GET /api/board", s.boardJSON)
+	static, err := fs.Sub(assets, "assets")
+	if err != nil {
+		panic(err) // the embedded tree is fixed at build time
+	}
+	files := http.FileServerFS(static)
+	mux.Handle("GET /{$}", pageHeaders(files))
+	mux.Handle("GET /board.css", pageHeaders(files))
+	mux.Handle("GET /board.js", pageHeaders(files))
 	if s.opts.PProf {
 		// Registered on our own mux: importing net/http/pprof also fills
 		// http.DefaultServeMux, which Meridian never serves.
@@ -168,6 +194,41 @@ func (s *Server) stations(w http.ResponseWriter, _ *http.Request) {
 	_, _ = w.Write(append(body, '\n'))
 }
 
+// boardJSON serves the board's model, the one the page polls and scripts can
+// read too. Without a board it is an empty board, so that the page says
+// "no stations" rather than failing.
+func (s *Server) boardJSON(w http.ResponseWriter, _ *http.Request) {
+	now := time.Now()
+	v := board.View{Now: now, Gateway: board.GatewayView{State: board.GatewayReady},
+		Stream: board.StreamView{State: board.StreamNone}, Stations: []board.StationView{}}
+	if s.opts.Board != nil {
+		v = s.opts.Board.View(now)
+	}
+	body, err := json.Marshal(v)
+	if err != nil {
+		s.log.Error("ops: encoding /api/board", "err", err)
+		plain(w, http.StatusInternalServerError, "internal error\n")
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(append(body, '\n'))
+}
+
+// pageHeaders adds the board page's security headers: the page loads only
+// its own embedded files, runs no inline script and cannot be framed.
+func pageHeaders(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hd := w.Header()
+		hd.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+		hd.Set("X-Content-Type-Options", "nosniff")
+		hd.Set("Referrer-Policy", "no-referrer")
+		hd.Set("Cache-Control", "no-cache")
+		h.ServeHTTP(w, r)
+	})
+}
+
 func plain(w http.ResponseWriter, code int, body string) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
@@ -202,13 +263,22 @@ func (s *Server) Start(ln net.Listener) error {
 	}
 	s.started = true
 	s.addr = ln.Addr()
-	go func() {
-		defer close(s.done)
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopBoard = cancel
+	var wg sync.WaitGroup
+	if s.opts.Board != nil {
+		wg.Go(func() { _ = s.opts.Board.Run(ctx) })
+	}
+	wg.Go(func() {
 		err := s.srv.Serve(ln)
 		if !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("ops: server stopped", "addr", ln.Addr().String(), "err", err)
 			s.serveErr = fmt.Errorf("ops: serve: %w", err)
 		}
+	})
+	go func() {
+		wg.Wait()
+		close(s.done)
 	}()
 	s.log.Info("ops: listening", "addr", ln.Addr().String(), "pprof", s.opts.PProf)
 	return nil
@@ -260,7 +330,9 @@ func (s *Server) markClosed() {
 	s.closed = true
 	if !s.started {
 		close(s.done)
+		return
 	}
+	s.stopBoard()
 }
 
 // promLogger adapts slog to promhttp's Println logger.

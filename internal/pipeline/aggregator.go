@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -10,81 +11,179 @@ import (
 	"golang.org/x/sync/semaphore"
 )
 
-// ErrClosed is returned by Put after the queue was closed.
-var ErrClosed = errors.New("pipeline: queue closed")
+// Errors of Put.
+var (
+	// ErrClosed is returned by Put after the queue was closed.
+	ErrClosed = errors.New("pipeline: queue closed")
+	// ErrSinkFailed is returned by Put once the sink has failed: nothing
+	// more can be stored.
+	ErrSinkFailed = errors.New("pipeline: sink failed")
+)
 
 // Stats are the aggregator's counters, read by metrics and the exit log.
 type Stats struct {
-	Queued     uint64 // frames ever put into the queue
-	Committed  uint64 // frames committed by the sink
-	Depth      int64  // frames waiting in the queue right now
-	BlockedFor time.Duration
+	Queued     uint64        // frames ever put into the queue
+	Committed  uint64        // frames committed by the sink
+	Depth      int64         // frames waiting in the queue right now
+	DepthBytes int64         // bytes of the batches waiting in the queue right now
+	Waiting    int64         // Puts blocked on a full queue right now: sessions pushed back
+	BlockedFor time.Duration // summed over Puts that waited and got room or gave up
+}
+
+// DefaultLimitBytes bounds the queue's memory unless WithByteLimit says
+// otherwise.
+const DefaultLimitBytes = 64 << 20
+
+// Option configures an Aggregator.
+type Option func(*Aggregator)
+
+// WithByteLimit bounds the memory of the batches in the queue, in bytes:
+// the buffers that hold their payloads (a batch's slab, whose size class
+// can exceed what it holds). A batch larger than the bound passes alone.
+func WithByteLimit(n int64) Option {
+	return func(a *Aggregator) {
+		if n > 0 {
+			a.limitBytes = n
+		}
+	}
 }
 
 // Aggregator owns the bounded queue between sessions and the sink.
 //
-// The queue is bounded in frames, not batches: a session acquires one unit of
-// a weighted semaphore per frame before its batch enters the channel, and the
-// units are released once the sink has taken the batch. A full queue blocks
-// Put, so a slow sink slows every reader, and nothing is dropped.
+// The queue is bounded twice, in frames and in bytes: before its batch
+// enters the channel a session acquires one unit of a weighted semaphore
+// per frame, and of another per byte of the batch's buffer; both are
+// released once the sink has taken the batch. A full queue blocks Put, so a
+// slow sink slows every reader, and nothing is dropped.
 type Aggregator struct {
-	sink  Sink
-	limit int64
-	sem   *semaphore.Weighted
-	ch    chan *Batch
+	sink       Sink
+	limit      int64
+	limitBytes int64
+	frames     *semaphore.Weighted
+	bytes      *semaphore.Weighted
+	ch         chan *Batch
 
 	closeOnce sync.Once
 	mu        sync.RWMutex // guards closed against Put racing Close
 	closed    bool
 
-	queued    atomic.Uint64
-	committed atomic.Uint64
-	depth     atomic.Int64
-	blockedNS atomic.Int64 // time Puts spent waiting on a full queue
+	// failed is cancelled, with the sink's error as cause, when Write
+	// fails. Run then goes on taking batches off the queue, without
+	// writing them, so that Puts waiting for room get it and learn of the
+	// failure, and later ones are refused.
+	failed context.Context
+	fail   context.CancelCauseFunc
+
+	queued     atomic.Uint64
+	committed  atomic.Uint64
+	depth      atomic.Int64
+	depthBytes atomic.Int64
+	blockedNS  atomic.Int64 // time Puts spent waiting on a full queue
+	waiting    atomic.Int64 // Puts waiting on a full queue now
 }
 
 // maxGather bounds how many batches one Write hands the sink.
 const maxGather = 64
 
-// New returns an aggregator with a queue of limit frames feeding sink.
-func New(sink Sink, limit int) *Aggregator {
+// New returns an aggregator with a queue of at most limit frames (and
+// DefaultLimitBytes bytes, unless an option says otherwise) feeding sink.
+func New(sink Sink, limit int, opts ...Option) *Aggregator {
 	if limit < 1 {
 		limit = 1
 	}
-	return &Aggregator{
-		sink:  sink,
-		limit: int64(limit),
-		sem:   semaphore.NewWeighted(int64(limit)),
-		ch:    make(chan *Batch, limit),
+	a := &Aggregator{
+		sink:       sink,
+		limit:      int64(limit),
+		limitBytes: DefaultLimitBytes,
+		ch:         make(chan *Batch, limit),
 	}
+	for _, o := range opts {
+		o(a)
+	}
+	a.frames = semaphore.NewWeighted(a.limit)
+	a.bytes = semaphore.NewWeighted(a.limitBytes)
+	a.failed, a.fail = context.WithCancelCause(context.Background())
+	return a
 }
 
-// Limit is the queue bound in frames; sessions cap their batches to it.
+// Failed is closed once the sink has failed; Err then says why.
+func (a *Aggregator) Failed() <-chan struct{} { return a.failed.Done() }
+
+// Err is the sink's error after Failed is closed, nil before.
+func (a *Aggregator) Err() error {
+	if a.failed.Err() == nil {
+		return nil
+	}
+	return context.Cause(a.failed)
+}
+
+// Limit is the queue bound in frames.
 func (a *Aggregator) Limit() int { return int(a.limit) }
 
-// Put enqueues b, blocking while the queue is full. It fails when ctx ends
-// (the batch was not queued) or after Close.
+// LimitBytes is the queue bound in bytes.
+func (a *Aggregator) LimitBytes() int64 { return a.limitBytes }
+
+// BatchLimit is the most frames a session should put in one batch: a
+// fraction of the queue, so that one batch never takes the whole queue and
+// many sessions share it instead of taking turns.
+func (a *Aggregator) BatchLimit() int { return max(1, int(a.limit/8)) }
+
+// weights are the units b takes of each bound.
+func (a *Aggregator) weights(b *Batch) (frames, bytes int64) {
+	return min(int64(b.Len()), a.limit), min(int64(b.footprint()), a.limitBytes)
+}
+
+// Put enqueues b, blocking while the queue is full. It fails, with the
+// batch not queued, when ctx ends, after Close (ErrClosed), or once the sink
+// has failed (ErrSinkFailed, wrapping the sink's error).
 func (a *Aggregator) Put(ctx context.Context, b *Batch) error {
-	n := min(int64(b.Len()), a.limit)
-	if !a.sem.TryAcquire(n) {
-		start := time.Now()
-		err := a.sem.Acquire(ctx, n)
-		a.blockedNS.Add(int64(time.Since(start)))
-		if err != nil {
+	if b.Len() == 0 {
+		// A programming error: an empty batch would hold no unit of the
+		// queue, and no sink commit would ever hand it back.
+		panic("pipeline: Put of an empty batch")
+	}
+	n, m := a.weights(b)
+	if !a.frames.TryAcquire(n) {
+		if err := a.wait(ctx, a.frames, n); err != nil {
+			return err
+		}
+	}
+	if !a.bytes.TryAcquire(m) {
+		if err := a.wait(ctx, a.bytes, m); err != nil {
+			a.frames.Release(n)
 			return err
 		}
 	}
 	a.mu.RLock()
 	defer a.mu.RUnlock()
 	if a.closed {
-		a.sem.Release(n)
+		a.frames.Release(n)
+		a.bytes.Release(m)
 		return ErrClosed
+	}
+	if err := a.Err(); err != nil {
+		a.frames.Release(n)
+		a.bytes.Release(m)
+		return fmt.Errorf("%w: %w", ErrSinkFailed, err)
 	}
 	b.arm(a)
 	a.queued.Add(uint64(b.Len()))
 	a.depth.Add(int64(b.Len()))
-	a.ch <- b // never blocks: every queued batch holds at least one unit
+	a.depthBytes.Add(m)
+	a.ch <- b // never blocks: every queued batch holds at least one frame unit
 	return nil
+}
+
+// wait is the slow path of Put: it waits for room, counting the time as
+// back-pressure.
+func (a *Aggregator) wait(ctx context.Context, sem *semaphore.Weighted, n int64) error {
+	start := time.Now()
+	a.waiting.Add(1)
+	defer func() {
+		a.waiting.Add(-1)
+		a.blockedNS.Add(int64(time.Since(start)))
+	}()
+	return sem.Acquire(ctx, n)
 }
 
 // Close ends the queue once every producer has stopped calling Put; Run then
@@ -99,8 +198,37 @@ func (a *Aggregator) Close() {
 }
 
 // Run feeds the sink until Close was called and the queue is empty, then
-// flushes the sink. It returns early only when ctx ends (a forced stop).
+// flushes the sink. It returns early when ctx ends (a forced stop). When
+// the sink fails (an error that is not ctx's), Failed fires, and Run goes on
+// taking batches off the queue without writing them, until Close or ctx:
+// no session stays blocked on a queue that nothing empties. It then returns
+// the sink's error.
 func (a *Aggregator) Run(ctx context.Context) error {
+	err := a.run(ctx)
+	if err == nil || ctx.Err() != nil {
+		return err
+	}
+	a.fail(err)
+	for {
+		select {
+		case b, ok := <-a.ch:
+			if !ok {
+				return err
+			}
+			n, m := a.weights(b)
+			a.depth.Add(-int64(b.Len()))
+			a.depthBytes.Add(-m)
+			a.frames.Release(n)
+			a.bytes.Release(m)
+			// Never committed: its session was told, by Failed, that it
+			// never will be, and ends without waiting for it.
+		case <-ctx.Done():
+			return err
+		}
+	}
+}
+
+func (a *Aggregator) run(ctx context.Context) error {
 	batches := make([]*Batch, 0, maxGather)
 	for {
 		var b *Batch
@@ -128,14 +256,18 @@ func (a *Aggregator) Run(ctx context.Context) error {
 		}
 		// Count before Write: once handed over, a batch may be committed
 		// and recycled by its owner at any moment.
-		var frames, units int64
+		var frames, units, bytes int64
 		for _, b := range batches {
+			n, m := a.weights(b)
 			frames += int64(b.Len())
-			units += min(int64(b.Len()), a.limit)
+			units += n
+			bytes += m
 		}
 		err := a.sink.Write(ctx, batches)
-		a.sem.Release(units)
+		a.frames.Release(units)
+		a.bytes.Release(bytes)
 		a.depth.Add(-frames)
+		a.depthBytes.Add(-bytes)
 		clear(batches)
 		if err != nil {
 			return err
@@ -149,6 +281,8 @@ func (a *Aggregator) Stats() Stats {
 		Queued:     a.queued.Load(),
 		Committed:  a.committed.Load(),
 		Depth:      a.depth.Load(),
+		DepthBytes: a.depthBytes.Load(),
+		Waiting:    a.waiting.Load(),
 		BlockedFor: time.Duration(a.blockedNS.Load()),
 	}
 }

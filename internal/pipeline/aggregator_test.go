@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
@@ -154,24 +155,160 @@ func TestBatchSlabs(t *testing.T) {
 	big.Release()
 }
 
+// hold is a sink that takes batches and commits nothing: the test commits
+// them later, as a store's acknowledgements would.
+type hold struct {
+	mu  sync.Mutex
+	got []*pipeline.Batch
+	n   chan int // frames in each Write
+}
+
+func (h *hold) Write(_ context.Context, bs []*pipeline.Batch) error {
+	h.mu.Lock()
+	h.got = append(h.got, bs...)
+	h.mu.Unlock()
+	frames := 0
+	for _, b := range bs {
+		frames += b.Len()
+	}
+	h.n <- frames
+	return nil
+}
+func (h *hold) Flush(context.Context) error { return nil }
+func (h *hold) Close() error                { return nil }
+
+// counting is an owner that counts how often each batch is handed back.
+type counting struct {
+	mu   sync.Mutex
+	done map[*pipeline.Batch]int
+}
+
+func (o *counting) Committed(b *pipeline.Batch) {
+	o.mu.Lock()
+	o.done[b]++
+	o.mu.Unlock()
+}
+
+func (o *counting) times(b *pipeline.Batch) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.done[b]
+}
+
+// TestCommitOutOfOrderCompletesOnce: the frames of several batches are
+// committed in a random order, from several goroutines at once, as a store's
+// acknowledgements arrive. Each batch is handed back exactly once, only
+// after its last frame, and the aggregator counts every frame exactly once.
 func TestCommitOutOfOrderCompletesOnce(t *testing.T) {
-	o := &owner{}
-	g := &gate{release: make(chan struct{})}
-	a := pipeline.New(g, 16)
-	b := batch(o, 1, 3)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if err := a.Put(ctx, b); err != nil {
-		t.Fatal(err)
+	const (
+		batches    = 40
+		committers = 8
+	)
+	o := &counting{done: map[*pipeline.Batch]int{}}
+	h := &hold{n: make(chan int, batches)}
+	a := pipeline.New(h, 1<<12)
+	ran := make(chan error, 1)
+	go func() { ran <- a.Run(context.Background()) }()
+
+	// Batches of 1 to 8 frames; every frame is one commit unit, except that
+	// some pairs of frames are committed together, as Commit(2).
+	type unit struct {
+		b *pipeline.Batch
+		n int
 	}
-	b.Commit(1)
-	b.Commit(1)
-	if len(o.done) != 0 {
-		t.Fatal("batch done before all its frames were committed")
+	var units []unit
+	total, seq := 0, uint64(1)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range batches {
+		size := 1 + i%8
+		b := batch(o, seq, size)
+		seq += uint64(size)
+		total += size
+		if err := a.Put(context.Background(), b); err != nil {
+			t.Fatal(err)
+		}
+		for left := size; left > 0; {
+			n := 1
+			if left >= 2 && rng.IntN(3) == 0 {
+				n = 2
+			}
+			units = append(units, unit{b, n})
+			left -= n
+		}
 	}
-	b.Commit(1)
-	if len(o.done) != 1 {
-		t.Fatal("batch not handed back once fully committed")
+	for taken := 0; taken < total; {
+		select {
+		case n := <-h.n:
+			taken += n
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the sink took %d of %d frames", taken, total)
+		}
+	}
+	rng.Shuffle(len(units), func(i, j int) { units[i], units[j] = units[j], units[i] })
+
+	// Each committer takes every committers-th unit. All start together, so
+	// that the last commits of a batch race each other.
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for c := range committers {
+		wg.Go(func() {
+			<-start
+			for i := c; i < len(units); i += committers {
+				units[i].b.Commit(units[i].n)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+
+	for i, b := range h.got {
+		if got := o.times(b); got != 1 {
+			t.Errorf("batch %d (%d frames) handed back %d times, want once", i, b.Len(), got)
+		}
+	}
+	if len(h.got) != batches || len(o.done) != batches {
+		t.Errorf("the sink got %d batches, %d handed back, want %d", len(h.got), len(o.done), batches)
+	}
+	if st := a.Stats(); st.Committed != uint64(total) || st.Queued != uint64(total) || st.Depth != 0 {
+		t.Errorf("stats %+v, want %d frames queued and committed, none waiting", st, total)
 	}
 	a.Close()
+	if err := <-ran; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A batch that is handed back early is not done: the commits of a batch
+// that has frames left must not reach its owner.
+func TestCommitHandsBackOnlyAfterTheLastFrame(t *testing.T) {
+	o := &counting{done: map[*pipeline.Batch]int{}}
+	h := &hold{n: make(chan int, 1)}
+	a := pipeline.New(h, 16)
+	ran := make(chan error, 1)
+	go func() { ran <- a.Run(context.Background()) }()
+	b := batch(o, 1, 3)
+	if err := a.Put(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	<-h.n
+	b.Commit(2)
+	if o.times(b) != 0 || a.Stats().Committed != 0 {
+		t.Fatalf("handed back %d times, %d committed, after 2 of 3 frames", o.times(b), a.Stats().Committed)
+	}
+	b.Commit(1)
+	if o.times(b) != 1 || a.Stats().Committed != 3 {
+		t.Fatalf("handed back %d times, %d committed, after 3 of 3 frames", o.times(b), a.Stats().Committed)
+	}
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Error("a commit beyond the batch's frames did not panic")
+			}
+		}()
+		b.Commit(1)
+	}()
+	a.Close()
+	if err := <-ran; err != nil {
+		t.Fatal(err)
+	}
 }

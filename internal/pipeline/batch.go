@@ -111,6 +111,9 @@ func (b *Batch) Add(f Frame) {
 	b.Bytes += len(f.Payload)
 }
 
+// footprint is the memory the batch holds for its payloads: its slab.
+func (b *Batch) footprint() int { return cap(b.slab) }
+
 // Len is the number of frames in the batch.
 func (b *Batch) Len() int { return len(b.Frames) }
 

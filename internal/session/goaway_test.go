@@ -16,13 +16,12 @@ import (
 	"github.com/meridian-telemetry/meridian/internal/sink"
 )
 
-// GoAway documents "later calls do nothing", but every call stores its
-// deadline before the Swap guard. The gateway calls GoAway twice for a
-// session registered while shutdown begins (serveConn with the drainAt it
-// read under mu — the zero time when its critical section ran just before
-// beginShutdown's — and goAwayAll). A second call with a zero/earlier deadline
-// ends the drain at once: the station, which was told "what you send until
-// you half-close is still accepted", loses the frames it sends after GOAWAY.
+// GoAway's first call sets the drain deadline and later calls do nothing.
+// The gateway can call it twice for a session registered while shutdown
+// begins (serveConn, and goAwayAll); a second call with an earlier (or the
+// zero) deadline must not end the drain at once, or the station, told "what
+// you send until you half-close is still accepted", would lose the frames it
+// sends after GOAWAY.
 func TestSecondGoAwayDoesNotMoveTheDeadline(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		gw, station := net.Pipe()
@@ -59,7 +58,8 @@ func TestSecondGoAwayDoesNotMoveTheDeadline(t *testing.T) {
 		sess.GoAway(time.Time{})                     // "later calls do nothing"
 		time.Sleep(time.Second)
 		// Well inside the 5 s drain, the station sends one frame and
-		// half-closes (net.Pipe: closes) — the GOAWAY procedure.
+		// stops sending; the drain then ends at its deadline (net.Pipe
+		// cannot half-close, and closing it would lose the final ACK).
 		station.Write(frame.AppendData(nil, []byte("sent during the drain")))
 		ack := <-acks
 		<-ended

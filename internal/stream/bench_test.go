@@ -61,8 +61,16 @@ func BenchmarkSink(b *testing.B) {
 func benchSink(b *testing.B, mode string, rate int) {
 	const stations, frameSize, perBatch = 16, 1024, 16
 	cfg := testConfig(b)
-	cfg.Sync = mode
-	cfg.StoreMaxBytes = 4 * config.GiB
+	if mode == "always" {
+		cfg.SyncAlways = true
+	} else {
+		d, err := time.ParseDuration(mode)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cfg.SyncInterval = d
+	}
+	cfg.StoreMaxBytes = 4 << 30
 	st := openStream(b, cfg)
 	owner := &latencyOwner{all: make(chan struct{}), want: b.N}
 	agg := runAggregator(b, st.Sink(), config.Default().Queue)

@@ -98,44 +98,36 @@ func loadOrCreateToken(dataDir string, log *slog.Logger) (string, error) {
 }
 
 // embeddedOptions maps the configuration onto nats-server options.
-func embeddedOptions(cfg config.Config, token string) (*server.Options, error) {
+func embeddedOptions(cfg Config, token string) (*server.Options, error) {
 	opts := &server.Options{
 		ServerName:         "meridian",
 		JetStream:          true,
-		StoreDir:           filepath.Join(cfg.DataDir, "jetstream"),
-		JetStreamMaxStore:  int64(cfg.StoreMaxBytes),
+		StoreDir:           storeDir(cfg),
+		JetStreamMaxStore:  cfg.StoreMaxBytes,
 		JetStreamMaxMemory: embeddedMaxMemory,
 		// The gateway owns the process's signals: SIGTERM means "drain the
 		// stations", not "stop the store under them".
 		NoSigs:        true,
 		Authorization: token,
+		SyncInterval:  cfg.SyncInterval,
+		SyncAlways:    cfg.SyncAlways,
 	}
 	// The server's default payload limit (1MiB) is below the largest frame
 	// --max-frame allows; raise it so that no accepted frame is unpublishable.
-	if need := int64(cfg.MaxFrame) + maxHeaderBytes; need > server.MAX_PAYLOAD_SIZE {
+	if need := cfg.MaxFrame + maxHeaderBytes; need > server.MAX_PAYLOAD_SIZE {
 		opts.MaxPayload = int32(min(need, config.MaxFrameLimit+maxHeaderBytes))
 	}
-	if cfg.Sync == "always" {
-		opts.SyncAlways = true
-		opts.SyncInterval = 2 * time.Minute // the server's default; unused with SyncAlways
-	} else {
-		d, err := time.ParseDuration(cfg.Sync)
-		if err != nil || d <= 0 {
-			return nil, fmt.Errorf("stream: sync: %q is neither a positive duration nor \"always\"", cfg.Sync)
-		}
-		opts.SyncInterval = d
-	}
-	if cfg.NATSListen == "" {
+	if cfg.Listen == "" {
 		opts.DontListen = true
 		return opts, nil
 	}
-	host, port, err := net.SplitHostPort(cfg.NATSListen)
+	host, port, err := net.SplitHostPort(cfg.Listen)
 	if err != nil {
-		return nil, fmt.Errorf("%w %q: %w", ErrListen, cfg.NATSListen, err)
+		return nil, fmt.Errorf("%w %q: %w", ErrListen, cfg.Listen, err)
 	}
 	p, err := strconv.Atoi(port)
 	if err != nil || p < 0 || p > 65535 {
-		return nil, fmt.Errorf("%w %q: bad port", ErrListen, cfg.NATSListen)
+		return nil, fmt.Errorf("%w %q: bad port", ErrListen, cfg.Listen)
 	}
 	if p == 0 {
 		p = server.RANDOM_PORT // nats-server reads 0 as "the default port"
@@ -143,6 +135,9 @@ func embeddedOptions(cfg config.Config, token string) (*server.Options, error) {
 	opts.Host, opts.Port = host, p
 	return opts, nil
 }
+
+// storeDir is where the embedded server keeps its JetStream store.
+func storeDir(cfg Config) string { return filepath.Join(cfg.DataDir, "jetstream") }
 
 // embeddedMaxMemory bounds the memory store; the gateway keeps nothing there
 // but the state of ordered consumers (meridian tail).
@@ -152,8 +147,16 @@ const embeddedMaxMemory = 64 << 20
 const maxHeaderBytes = 4096
 
 // startEmbedded starts the in-process server and waits until it accepts
-// clients, a fatal start-up error or ctx, whichever comes first.
-func startEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger) (*server.Server, string, error) {
+// clients or fails. The wait has no deadline: the server recovers its
+// JetStream store inside Start, which after a crash with a large store (or
+// many messages within the dedup window) can take minutes. It logs progress
+// every cfg.ProgressInterval meanwhile.
+//
+// When ctx ends during the recovery, startEmbedded still waits for Start to
+// return, because nats-server cannot be shut down in the middle of
+// recovering its store; it then shuts the server down and returns ctx's
+// error. Once Start returned it stops at once.
+func startEmbedded(ctx context.Context, cfg Config, log *slog.Logger) (*server.Server, string, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, "", fmt.Errorf("stream: data dir: %w", err)
 	}
@@ -170,9 +173,9 @@ func startEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger) (*s
 		// becomes ready; probing first turns it into an error naming the flag.
 		// (A race with another process in between still ends in the fatal
 		// log line caught below.)
-		l, err := net.Listen("tcp", cfg.NATSListen)
+		l, err := net.Listen("tcp", cfg.Listen)
 		if err != nil {
-			return nil, "", fmt.Errorf("%w %s: %w", ErrListen, cfg.NATSListen, err)
+			return nil, "", fmt.Errorf("%w %s: %w", ErrListen, cfg.Listen, err)
 		}
 		_ = l.Close()
 	}
@@ -181,33 +184,60 @@ func startEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger) (*s
 		return nil, "", fmt.Errorf("stream: embedded NATS server: %w", err)
 	}
 	nl := newNATSLogger(log.With("component", "nats"))
-	debug := cfg.LogLevel == "debug"
 	// Trace stays off even at debug: it logs every message, which at stream
 	// rates drowns the gateway's own log.
-	srv.SetLoggerV2(nl, debug, false, false)
-	srv.Start()
-	for {
-		if srv.ReadyForConnections(100 * time.Millisecond) {
-			break
+	srv.SetLoggerV2(nl, cfg.ServerDebug, false, false)
+	stop := func(err error) (*server.Server, string, error) {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		return nil, "", err
+	}
+
+	// Start runs the store recovery; this goroutine is owned by
+	// startEmbedded, which waits for it on every path below.
+	began := time.Now()
+	started := make(chan struct{})
+	go func() {
+		defer close(started)
+		srv.Start()
+	}()
+	progress := time.NewTicker(cfg.ProgressInterval)
+	defer progress.Stop()
+	cancel := ctx.Done() // nil once seen: keep waiting for Start, quietly
+	for recovering := true; recovering; {
+		select {
+		case <-started:
+			recovering = false
+		case <-progress.C:
+			log.Info("recovering the JetStream store", "elapsed", time.Since(began).Round(time.Millisecond), "store", opts.StoreDir)
+		case <-cancel:
+			cancel = nil
+			log.Warn("start-up cancelled; stopping once the JetStream store recovery reaches a consistent point",
+				"elapsed", time.Since(began).Round(time.Millisecond), "store", opts.StoreDir)
 		}
+	}
+	if err := ctx.Err(); err != nil {
+		return stop(fmt.Errorf("stream: embedded NATS server not ready: %w", err))
+	}
+	if d := time.Since(began); d >= cfg.ProgressInterval {
+		log.Info("JetStream store recovered", "took", d.Round(time.Millisecond), "store", opts.StoreDir)
+	}
+	for !srv.ReadyForConnections(100 * time.Millisecond) {
 		if ferr := nl.fatalErr(); ferr != nil {
-			srv.Shutdown()
-			srv.WaitForShutdown()
 			if strings.Contains(ferr.Error(), "listening on port") {
-				return nil, "", fmt.Errorf("%w %s: %w", ErrListen, cfg.NATSListen, ferr)
+				return stop(fmt.Errorf("%w %s: %w", ErrListen, cfg.Listen, ferr))
 			}
-			return nil, "", fmt.Errorf("stream: embedded NATS server: %w", ferr)
+			return stop(fmt.Errorf("stream: embedded NATS server: %w", ferr))
 		}
 		if err := ctx.Err(); err != nil {
-			srv.Shutdown()
-			srv.WaitForShutdown()
-			return nil, "", fmt.Errorf("stream: embedded NATS server not ready: %w", err)
+			return stop(fmt.Errorf("stream: embedded NATS server not ready: %w", err))
 		}
 	}
 	if !srv.JetStreamEnabled() {
-		srv.Shutdown()
-		srv.WaitForShutdown()
-		return nil, "", errors.New("stream: embedded NATS server started without JetStream")
+		if ferr := nl.fatalErr(); ferr != nil {
+			return stop(fmt.Errorf("stream: embedded NATS server: %w", ferr))
+		}
+		return stop(errors.New("stream: embedded NATS server started without JetStream"))
 	}
 	return srv, token, nil
 }

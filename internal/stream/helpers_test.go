@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meridian-telemetry/meridian/internal/config"
 	"github.com/meridian-telemetry/meridian/internal/pipeline"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
@@ -51,16 +50,17 @@ func testLogger(t testing.TB) *slog.Logger {
 
 // testConfig is an embedded configuration with its own data dir, no client
 // listener and a store small enough for tests.
-func testConfig(t testing.TB) config.Config {
-	cfg := config.Default()
-	cfg.DataDir = t.TempDir()
-	cfg.NATSListen = ""
-	cfg.StoreMaxBytes = 256 * config.MiB
-	cfg.PublishTimeout = 2 * time.Second
-	return cfg
+func testConfig(t testing.TB) Config {
+	return Config{
+		Name:           DefaultName,
+		DataDir:        t.TempDir(),
+		StoreMaxBytes:  256 << 20,
+		PublishWindow:  1024,
+		PublishTimeout: 2 * time.Second,
+	}
 }
 
-func openStream(t testing.TB, cfg config.Config) *Stream {
+func openStream(t testing.TB, cfg Config) *Stream {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()

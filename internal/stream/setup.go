@@ -33,21 +33,6 @@ type Client struct {
 	Name     string // connection name shown by the servers
 }
 
-// ClientFromConfig picks the client settings out of the gateway configuration.
-func ClientFromConfig(cfg config.Config) Client {
-	return Client{
-		URL:      cfg.NATSURL,
-		Creds:    cfg.NATSCreds,
-		Token:    cfg.NATSToken,
-		User:     cfg.NATSUser,
-		Password: cfg.NATSPassword,
-		TLSCA:    cfg.NATSTLSCA,
-		TLSCert:  cfg.NATSTLSCert,
-		TLSKey:   cfg.NATSTLSKey,
-		Name:     "meridian",
-	}
-}
-
 // Options turns c into nats.go options.
 func (c Client) Options() []nats.Option {
 	var o []nats.Option
@@ -103,53 +88,116 @@ func gatewayConnOptions(log *slog.Logger) []nats.Option {
 	}
 }
 
-// streamConfig is the stream the configuration asks for.
-func streamConfig(cfg config.Config, embedded bool) jetstream.StreamConfig {
-	maxBytes := int64(cfg.RetentionMaxBytes)
-	if maxBytes == 0 {
-		if embedded {
-			maxBytes = int64(cfg.StoreMaxBytes)
+// jsConfig is the stream cfg asks for.
+func jsConfig(cfg Config) jetstream.StreamConfig {
+	maxBytes := cfg.MaxBytes
+	if maxBytes <= 0 {
+		if cfg.embedded() {
+			maxBytes = cfg.StoreMaxBytes
 		} else {
 			maxBytes = -1
 		}
 	}
 	return jetstream.StreamConfig{
-		Name:        cfg.Stream,
+		Name:        cfg.Name,
 		Description: "Meridian ground-station telemetry",
 		Subjects:    streamSubjects,
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
-		Replicas:    cfg.StreamReplicas,
+		Replicas:    cfg.Replicas,
 		Discard:     jetstream.DiscardOld,
-		MaxAge:      time.Duration(cfg.RetentionMaxAge),
+		MaxAge:      cfg.MaxAge,
 		MaxBytes:    maxBytes,
 		MaxMsgs:     -1,
-		Duplicates:  time.Duration(cfg.DedupWindow),
+		Duplicates:  cfg.DedupWindow,
 	}
 }
 
 // ensureStream creates the stream, or checks that the existing one matches.
-func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig, log *slog.Logger) error {
-	s, err := js.Stream(ctx, want.Name)
-	switch {
-	case err == nil:
-		return compareStream(s.CachedInfo().Config, want)
-	case !errors.Is(err, jetstream.ErrStreamNotFound):
-		return fmt.Errorf("stream: look up stream %s: %w", want.Name, err)
-	}
-	_, err = js.CreateStream(ctx, want)
-	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-		// Another gateway created it in between with other settings.
-		if s, err := js.Stream(ctx, want.Name); err == nil {
-			return compareStream(s.CachedInfo().Config, want)
+// Each JetStream API call gets its own timeout, and a call that fails because
+// JetStream is not ready yet (no answer in time, no responders, "temporarily
+// unavailable" while a cluster elects its leaders) is retried with a short
+// back-off until ctx ends: start-up has no deadline of its own.
+func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig, timeout time.Duration, log *slog.Logger) error {
+	var (
+		s       jetstream.Stream
+		created bool
+	)
+	err := retryAPI(ctx, timeout, log, "look up the stream", func(ctx context.Context) error {
+		var err error
+		s, err = js.Stream(ctx, want.Name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			s, err = js.CreateStream(ctx, want)
+			created = err == nil
+			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+				// Another gateway created it in between, perhaps with other
+				// settings: look again and compare.
+				s, err = js.Stream(ctx, want.Name)
+			}
 		}
-	}
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("stream: create stream %s: %w", want.Name, err)
+		return fmt.Errorf("stream: look up or create stream %s: %w", want.Name, err)
+	}
+	if !created {
+		return compareStream(s.CachedInfo().Config, want)
 	}
 	log.Info("created stream", "stream", want.Name, "subjects", want.Subjects, "replicas", want.Replicas,
 		"max_age", config.Duration(want.MaxAge), "max_bytes", fmtLimit(want.MaxBytes), "dedup_window", config.Duration(want.Duplicates))
 	return nil
+}
+
+// Back-off between JetStream API retries at start-up.
+const (
+	minAPIRetry = 100 * time.Millisecond
+	maxAPIRetry = 2 * time.Second
+)
+
+// retryAPI runs call with a fresh timeout until it succeeds, fails for a
+// reason other than JetStream not being ready, or ctx ends.
+func retryAPI(ctx context.Context, timeout time.Duration, log *slog.Logger, what string, call func(context.Context) error) error {
+	wait := minAPIRetry
+	for attempt := 1; ; attempt++ {
+		cctx, cancel := context.WithTimeout(ctx, timeout)
+		err := call(cctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
+		}
+		if !notReady(err) {
+			return err
+		}
+		log.Warn("JetStream is not ready yet; retrying", "what", what, "attempt", attempt, "err", err, "retry_in", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
+		case <-t.C:
+		}
+		wait = min(wait*2, maxAPIRetry)
+	}
+}
+
+// jsClusterNotAvail is JetStream's "temporarily unavailable" error code.
+const jsClusterNotAvail = 10008
+
+// notReady reports whether err means that JetStream cannot answer yet, as
+// opposed to an answer that will not change by asking again.
+func notReady(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) {
+		return true
+	}
+	var jsErr jetstream.JetStreamError
+	if errors.As(err, &jsErr) && jsErr.APIError() != nil {
+		a := jsErr.APIError()
+		return a.Code == 503 || a.ErrorCode == jsClusterNotAvail
+	}
+	return false
 }
 
 // compareStream names every setting of have that differs from want, as

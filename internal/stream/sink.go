@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meridian-telemetry/meridian/internal/pipeline"
@@ -67,15 +68,26 @@ type SinkOptions struct {
 // with an error PubAck, is resent with the same Nats-Msg-Id, so JetStream
 // stores it once within the dedup window. While resends fail, Write publishes
 // nothing new: the aggregator's queue fills and the stations are pushed back.
+//
+// No lock is held across a publish: a publish can block on a full socket
+// (up to nats.go's flusher timeout) and Check and Stats, which serve /readyz
+// and /metrics, take mu. What the lock used to protect is kept by the busy
+// mark of a slot instead; see slot.
 type Sink struct {
-	nc      *nats.Conn
+	pub     publisher
 	log     *slog.Logger
 	bootID  string
 	timeout time.Duration
-	prefix  string // reply subject prefix, "<inbox>."
-	sub     *nats.Subscription
+	prefix  string             // reply subject prefix, "<inbox>."
+	sub     *nats.Subscription // nil in unit tests, which feed onAck themselves
 
-	w *msgBuilder // used by Write only (the aggregator goroutine)
+	w       *msgBuilder       // used by Write only (the aggregator goroutine)
+	commits []*pipeline.Batch // used by Write only: commits deferred by busy slots
+
+	// connected mirrors the client's connection state, fed by the disconnect
+	// and reconnect handlers. Check reads it instead of asking the client,
+	// whose lock a publisher blocked on a full socket holds.
+	connected atomic.Bool
 
 	mu       sync.Mutex
 	slots    []slot  // ring of the window; a message with id n uses slot n%len
@@ -86,7 +98,7 @@ type Sink struct {
 	waiting  bool    // Write or Flush waits on wake
 	closed   bool
 	urgent   bool      // resend now, regardless of the back-off (reconnected)
-	stats    SinkStats // counters; Unacked and Down are filled in by Stats
+	stats    SinkStats // counters; Unacked, Down and DownSince are filled in by Stats
 
 	wake chan struct{} // to the waiting Write/Flush; capacity 1
 	kick chan struct{} // to the resend loop; capacity 1
@@ -97,20 +109,36 @@ type Sink struct {
 }
 
 // slot is one message between publish and PubAck. Guarded by Sink.mu.
+//
+// A slot is busy while Write or the resend loop reads its frame to publish
+// it, outside mu. Its batch must stay alive meanwhile, so a PubAck that
+// arrives for a busy slot only marks it acked: whoever set busy frees the
+// slot and commits the frame once the publish returned. A busy slot is not
+// picked for a resend either, so a message reserved by Write is never resent
+// before Write published it.
 type slot struct {
 	id       uint64 // 0: free
 	b        *pipeline.Batch
 	i        int       // frame index in b
 	deadline time.Time // PubAck due; zero while waiting for a resend
+	busy     bool      // its frame is being read for a publish, outside mu
+	acked    bool      // a PubAck came while busy; the commit waits for !busy
+}
+
+// publisher is the part of *nats.Conn the sink publishes with; unit tests
+// put a fake in its place.
+type publisher interface {
+	PublishMsg(m *nats.Msg) error
 }
 
 // SinkStats are the sink's counters, for metrics.
 type SinkStats struct {
-	Unacked  int    // frames published and waiting for their PubAck
-	Down     bool   // the stream is not taking frames; Write is holding back
-	Outages  uint64 // episodes of the stream not taking frames
-	Resent   uint64 // frames sent again after a failed or missing PubAck
-	Timeouts uint64 // PubAcks that did not arrive within the timeout
+	Unacked   int       // frames published and waiting for their PubAck
+	Down      bool      // the stream is not taking frames; Write is holding back
+	DownSince time.Time // when the current outage began; zero while the stream takes frames
+	Outages   uint64    // episodes of the stream not taking frames
+	Resent    uint64    // frames sent again after a failed or missing PubAck
+	Timeouts  uint64    // PubAcks that did not arrive within the timeout
 }
 
 // Stats returns a snapshot of the counters.
@@ -119,7 +147,9 @@ func (s *Sink) Stats() SinkStats {
 	defer s.mu.Unlock()
 	st := s.stats
 	st.Unacked = s.inflight
-	st.Down = s.down != nil
+	if s.down != nil {
+		st.Down, st.DownSince = true, s.down.since
+	}
 	return st
 }
 
@@ -133,32 +163,9 @@ type outage struct {
 // NewSink starts a sink publishing over nc; the stream capturing
 // telemetry.> must exist. Close stops it; nc stays the caller's.
 func NewSink(nc *nats.Conn, opts SinkOptions, log *slog.Logger) (*Sink, error) {
-	if opts.Window <= 0 {
-		opts.Window = 4096
-	}
-	if opts.Timeout <= 0 {
-		opts.Timeout = 5 * time.Second
-	}
-	if opts.BootID == "" {
-		var b [8]byte
-		if _, err := rand.Read(b[:]); err != nil {
-			return nil, fmt.Errorf("stream: boot id: %w", err)
-		}
-		opts.BootID = hex.EncodeToString(b[:])
-	}
-	s := &Sink{
-		nc:      nc,
-		log:     log,
-		bootID:  opts.BootID,
-		timeout: opts.Timeout,
-		prefix:  nc.NewInbox() + ".",
-		w:       newMsgBuilder(),
-		slots:   make([]slot, opts.Window),
-		next:    1,
-		wake:    make(chan struct{}, 1),
-		kick:    make(chan struct{}, 1),
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
+	s, err := newSink(nc, nc.NewInbox()+".", opts, log)
+	if err != nil {
+		return nil, err
 	}
 	sub, err := nc.Subscribe(s.prefix+"*", s.onAck)
 	if err != nil {
@@ -176,7 +183,41 @@ func NewSink(nc *nats.Conn, opts SinkOptions, log *slog.Logger) (*Sink, error) {
 		return nil, fmt.Errorf("stream: PubAck subscription: %w", err)
 	}
 	s.sub = sub
+	s.connected.Store(nc.IsConnected())
 	go s.resendLoop()
+	return s, nil
+}
+
+// newSink builds a sink publishing over pub with PubAcks expected on
+// prefix+"<id>"; the caller subscribes onAck and starts resendLoop.
+func newSink(pub publisher, prefix string, opts SinkOptions, log *slog.Logger) (*Sink, error) {
+	if opts.Window <= 0 {
+		opts.Window = 4096
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 5 * time.Second
+	}
+	if opts.BootID == "" {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, fmt.Errorf("stream: boot id: %w", err)
+		}
+		opts.BootID = hex.EncodeToString(b[:])
+	}
+	s := &Sink{
+		pub:     pub,
+		log:     log,
+		bootID:  opts.BootID,
+		timeout: opts.Timeout,
+		prefix:  prefix,
+		w:       newMsgBuilder(),
+		slots:   make([]slot, opts.Window),
+		next:    1,
+		wake:    make(chan struct{}, 1),
+		kick:    make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
 	return s, nil
 }
 
@@ -185,14 +226,13 @@ func (s *Sink) BootID() string { return s.bootID }
 
 // Write publishes every frame of batches. It blocks while the window is full
 // or the stream is unavailable, and fails only when ctx ends (or after Close).
+//
+// Batches are never empty (the pipeline.Sink contract; Aggregator.Put
+// refuses an empty batch), so every batch gets its Commit from a PubAck.
 func (s *Sink) Write(ctx context.Context, batches []*pipeline.Batch) error {
 	for _, b := range batches {
-		if b.Len() == 0 {
-			b.Commit(0) // hands an empty batch back to its owner
-			continue
-		}
-		// Once its last frame is published, b may be committed and reused
-		// at any moment: nothing below reads b after that, not even its length.
+		// Once its last run is released, b may be committed and reused at
+		// any moment: nothing below reads b after that, not even its length.
 		nf := len(b.Frames)
 		for i := 0; i < nf; {
 			id, n, err := s.reserve(ctx, b, i, nf)
@@ -200,17 +240,58 @@ func (s *Sink) Write(ctx context.Context, batches []*pipeline.Batch) error {
 				return err
 			}
 			// The frames are read here outside the lock. That is safe: the
-			// batch cannot be fully committed before these publishes are
-			// acknowledged, and a resend of them needs their deadline to pass.
+			// reserved slots are busy until release, so neither a PubAck
+			// (which only marks a busy slot acked) nor a resend can commit
+			// their frames before these publishes returned.
 			for k := range n {
-				if err := s.nc.PublishMsg(s.w.build(s, b, i+k, id+uint64(k))); err != nil {
+				if err := s.pub.PublishMsg(s.w.build(s, b, i+k, id+uint64(k))); err != nil {
 					s.publishFailed(id+uint64(k), err)
 				}
 			}
 			i += n
+			s.release(id, n)
 		}
 	}
 	return nil
+}
+
+// release clears the busy mark of messages first..first+n-1, which Write
+// has published, and commits those whose PubAck came meanwhile.
+func (s *Sink) release(first uint64, n int) {
+	s.mu.Lock()
+	commits := s.commits[:0]
+	for id := first; id < first+uint64(n); id++ {
+		if b := s.unbusyLocked(id); b != nil {
+			commits = append(commits, b)
+		}
+	}
+	if len(commits) > 0 {
+		s.signalLocked()
+	}
+	s.mu.Unlock()
+	for _, b := range commits {
+		b.Commit(1)
+	}
+	clear(commits)
+	s.commits = commits[:0]
+}
+
+// unbusyLocked clears the busy mark of message id. If its PubAck came while
+// it was busy, the slot is freed and its batch returned for the caller to
+// commit after unlocking.
+func (s *Sink) unbusyLocked(id uint64) *pipeline.Batch {
+	sl := &s.slots[id%uint64(len(s.slots))]
+	if sl.id != id {
+		return nil // not reachable: a busy slot is freed only here
+	}
+	sl.busy = false
+	if !sl.acked {
+		return nil
+	}
+	b := sl.b
+	*sl = slot{}
+	s.inflight--
+	return b
 }
 
 // reserve takes the slots of the next messages, frames i..nf-1 of b: as many
@@ -233,7 +314,7 @@ func (s *Sink) reserve(ctx context.Context, b *pipeline.Batch, i, nf int) (first
 				if sl.id != 0 {
 					break
 				}
-				*sl = slot{id: s.next, b: b, i: i + n, deadline: deadline}
+				*sl = slot{id: s.next, b: b, i: i + n, deadline: deadline, busy: true}
 				s.next++
 			}
 			s.inflight += n
@@ -288,17 +369,25 @@ func (s *Sink) signalLocked() {
 	}
 }
 
-// Check reports whether the stream takes frames right now (for /readyz).
+// Check reports whether the stream takes frames right now (for /readyz). It
+// never waits on the NATS connection: mu is never held across a publish, and
+// the connection state comes from the handlers.
 func (s *Sink) Check() error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	closed, down := s.closed, s.down
+	var since time.Time
+	var cause error
+	if down != nil {
+		since, cause = down.since, down.cause
+	}
+	s.mu.Unlock()
 	switch {
-	case s.closed:
+	case closed:
 		return ErrSinkClosed
-	case s.down != nil:
-		return fmt.Errorf("%w since %s: %w", ErrUnavailable, s.down.since.Format(time.RFC3339), s.down.cause)
-	case !s.nc.IsConnected():
-		return fmt.Errorf("%w: not connected to NATS (%s)", ErrUnavailable, s.nc.Status())
+	case down != nil:
+		return fmt.Errorf("%w since %s: %w", ErrUnavailable, since.Format(time.RFC3339), cause)
+	case !s.connected.Load():
+		return fmt.Errorf("%w: not connected to NATS", ErrUnavailable)
 	}
 	return nil
 }
@@ -315,6 +404,9 @@ func (s *Sink) Close() error {
 		s.mu.Unlock()
 		close(s.stop)
 		<-s.done
+		if s.sub == nil {
+			return
+		}
 		if uerr := s.sub.Unsubscribe(); uerr != nil && !errors.Is(uerr, nats.ErrConnectionClosed) {
 			err = fmt.Errorf("stream: close sink: %w", uerr)
 		}
@@ -336,6 +428,11 @@ func (s *Sink) onAck(m *nats.Msg) {
 		s.mu.Unlock()
 		return
 	}
+	if sl.acked {
+		// Stored already; this is the reply to another send of it.
+		s.mu.Unlock()
+		return
+	}
 	if ackErr != nil {
 		if !sl.deadline.IsZero() {
 			sl.deadline = time.Time{}
@@ -345,10 +442,20 @@ func (s *Sink) onAck(m *nats.Msg) {
 		s.mu.Unlock()
 		return
 	}
-	b := sl.b
 	if sl.deadline.IsZero() {
 		s.failed-- // a PubAck of an earlier send arrived after all
 	}
+	if sl.busy {
+		// Its frame is being read for a publish: whoever marked it busy
+		// commits it once that publish returned (unbusyLocked).
+		sl.acked = true
+		if s.down != nil {
+			s.recoverLocked()
+		}
+		s.mu.Unlock()
+		return
+	}
+	b := sl.b
 	*sl = slot{}
 	s.inflight--
 	if s.down != nil {
@@ -364,7 +471,7 @@ func (s *Sink) publishFailed(id uint64, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sl := &s.slots[id%uint64(len(s.slots))]
-	if sl.id == id && !sl.deadline.IsZero() {
+	if sl.id == id && !sl.acked && !sl.deadline.IsZero() {
 		sl.deadline = time.Time{}
 		s.failed++
 	}
@@ -412,6 +519,7 @@ func (s *Sink) connectionLost(err error) {
 	if err == nil {
 		err = nats.ErrConnectionClosed
 	}
+	s.connected.Store(false)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -423,11 +531,12 @@ func (s *Sink) connectionLost(err error) {
 // resendFromReconnect is called when the connection came back: PubAcks sent
 // while it was down are lost, so everything unacknowledged is resent now.
 func (s *Sink) resendFromReconnect() {
+	s.connected.Store(true)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i := range s.slots {
 		sl := &s.slots[i]
-		if sl.id != 0 && !sl.deadline.IsZero() {
+		if sl.id != 0 && !sl.acked && !sl.deadline.IsZero() {
 			sl.deadline = time.Time{}
 			s.failed++
 		}
@@ -452,6 +561,7 @@ func (s *Sink) resendLoop() {
 	tick := time.NewTicker(min(max(s.timeout/10, 10*time.Millisecond), 250*time.Millisecond))
 	defer tick.Stop()
 	mb := newMsgBuilder()
+	var work []resendItem
 	backoff := minBackoff
 	var nextTry time.Time
 	for {
@@ -479,9 +589,81 @@ func (s *Sink) resendLoop() {
 			nextTry = now.Add(backoff)
 			backoff = min(backoff*2, maxBackoff)
 		}
-		s.resendLocked(mb, now)
+		work = s.markResendLocked(work[:0], now)
 		s.mu.Unlock()
+		work = s.resend(mb, work)
 	}
+}
+
+// resendItem is one message of a resend round.
+type resendItem struct {
+	id uint64
+	b  *pipeline.Batch
+	i  int
+}
+
+// markResendLocked picks every message waiting for a resend, in id order so
+// that a recovered stream stores them in the order they came, gives each its
+// new deadline and marks it busy: its batch stays alive until resend has
+// published it, whatever PubAck arrives meanwhile.
+func (s *Sink) markResendLocked(work []resendItem, now time.Time) []resendItem {
+	n := uint64(len(s.slots))
+	for id := s.next - min(s.next-1, n); id < s.next; id++ {
+		sl := &s.slots[id%n]
+		// A busy slot is Write's, not published yet: never resend it first.
+		if sl.id != id || sl.busy || !sl.deadline.IsZero() {
+			continue
+		}
+		sl.deadline = now.Add(s.timeout)
+		sl.busy = true
+		s.failed--
+		work = append(work, resendItem{id: id, b: sl.b, i: sl.i})
+	}
+	return work
+}
+
+// resend publishes the messages markResendLocked picked, without holding mu,
+// then clears their busy marks and commits those acknowledged meanwhile. It
+// stops at the first refused publish: the rest would fail alike, and wait for
+// the next round.
+func (s *Sink) resend(mb *msgBuilder, work []resendItem) []resendItem {
+	if len(work) == 0 {
+		return work
+	}
+	sent := 0
+	var perr error
+	for _, r := range work {
+		if perr = s.pub.PublishMsg(mb.build(s, r.b, r.i, r.id)); perr != nil {
+			break
+		}
+		sent++
+	}
+	var commits []*pipeline.Batch
+	s.mu.Lock()
+	for k, r := range work {
+		sl := &s.slots[r.id%uint64(len(s.slots))]
+		if k >= sent && sl.id == r.id && !sl.acked && !sl.deadline.IsZero() {
+			sl.deadline = time.Time{} // not sent: waits for the next round
+			s.failed++
+		}
+		if b := s.unbusyLocked(r.id); b != nil {
+			commits = append(commits, b)
+		}
+	}
+	s.stats.Resent += uint64(sent)
+	if perr != nil {
+		s.markDownLocked(publishError(perr))
+		s.log.Debug("resend failed", "err", perr)
+	}
+	if len(commits) > 0 {
+		s.signalLocked()
+	}
+	s.mu.Unlock()
+	for _, b := range commits {
+		b.Commit(1)
+	}
+	clear(work)
+	return work[:0]
 }
 
 // expireLocked marks messages whose PubAck is overdue for a resend.
@@ -489,7 +671,7 @@ func (s *Sink) expireLocked(now time.Time) {
 	expired := 0
 	for i := range s.slots {
 		sl := &s.slots[i]
-		if sl.id != 0 && !sl.deadline.IsZero() && now.After(sl.deadline) {
+		if sl.id != 0 && !sl.acked && !sl.deadline.IsZero() && now.After(sl.deadline) {
 			sl.deadline = time.Time{}
 			s.failed++
 			expired++
@@ -498,31 +680,6 @@ func (s *Sink) expireLocked(now time.Time) {
 	if expired > 0 {
 		s.stats.Timeouts += uint64(expired)
 		s.markDownLocked(fmt.Errorf("%w (%s, %d messages)", ErrAckTimeout, s.timeout, expired))
-	}
-}
-
-// resendLocked publishes every message waiting for a resend, in id order so
-// that a recovered stream stores them in the order they came. It holds mu
-// while publishing: a resent frame's batch must not be committed (and
-// recycled) by a late PubAck while its payload is being copied. Publishing
-// only buffers, so this holds the lock briefly, and only during outages.
-func (s *Sink) resendLocked(mb *msgBuilder, now time.Time) {
-	n := uint64(len(s.slots))
-	for id := s.next - min(s.next-1, n); id < s.next; id++ {
-		sl := &s.slots[id%n]
-		if sl.id != id || !sl.deadline.IsZero() {
-			continue
-		}
-		sl.deadline = now.Add(s.timeout)
-		s.failed--
-		s.stats.Resent++
-		if err := s.nc.PublishMsg(mb.build(s, sl.b, sl.i, id)); err != nil {
-			sl.deadline = time.Time{}
-			s.failed++
-			s.markDownLocked(publishError(err))
-			s.log.Debug("resend failed", "err", err)
-			return // the rest would fail alike; next round
-		}
 	}
 }
 

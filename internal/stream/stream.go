@@ -22,12 +22,100 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/meridian-telemetry/meridian/internal/config"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
+
+// Config is what Open needs: the stream, how to reach JetStream, and the
+// sink's publish settings. Zero values mean the defaults noted; the CLI maps
+// the gateway's configuration onto it.
+type Config struct {
+	Name string // the stream's name; default "TELEMETRY"
+
+	// Client reaches an external NATS cluster. With Client.URL empty, Open
+	// starts the embedded server below instead.
+	Client Client
+
+	// The embedded server (Client.URL empty).
+	DataDir       string        // store and token file; default "./meridian-data"
+	Listen        string        // client listener for other processes; "" listens on nothing
+	StoreMaxBytes int64         // bound of the file store; default 10 GiB
+	SyncInterval  time.Duration // fsync period of the store; default 1s
+	SyncAlways    bool          // fsync every write instead
+	ServerDebug   bool          // the server's debug log (never its trace)
+
+	// The stream. An existing stream must match these, or Open fails with
+	// ErrStreamConflict.
+	Replicas    int           // default 1
+	MaxAge      time.Duration // default 7 days
+	MaxBytes    int64         // 0: StoreMaxBytes when embedded, no limit when external
+	DedupWindow time.Duration // JetStream's duplicate window; default 2 minutes
+
+	// MaxFrame is the largest payload a station may send; Open refuses a
+	// server whose max_payload could not carry it. 0 skips the check.
+	MaxFrame int64
+
+	PublishWindow  int           // messages without PubAck; default 4096 (see SinkOptions)
+	PublishTimeout time.Duration // wait for a PubAck before resending; default 5s
+
+	// Start-up. Open waits for the embedded server however long its store
+	// recovery takes, logging progress every ProgressInterval (default 10s).
+	// Each JetStream API call of the stream set-up is bounded by APITimeout
+	// (default 10s) and retried while JetStream is not ready yet.
+	ProgressInterval time.Duration
+	APITimeout       time.Duration
+}
+
+// Defaults of Config.
+const (
+	DefaultName             = "TELEMETRY"
+	DefaultDataDir          = "./meridian-data"
+	DefaultStoreMaxBytes    = 10 << 30
+	DefaultSyncInterval     = time.Second
+	DefaultMaxAge           = 7 * 24 * time.Hour
+	DefaultDedupWindow      = 2 * time.Minute
+	DefaultProgressInterval = 10 * time.Second
+	DefaultAPITimeout       = 10 * time.Second
+)
+
+// withDefaults fills the zero values.
+func (c Config) withDefaults() Config {
+	if c.Name == "" {
+		c.Name = DefaultName
+	}
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	}
+	if c.StoreMaxBytes <= 0 {
+		c.StoreMaxBytes = DefaultStoreMaxBytes
+	}
+	if c.SyncInterval <= 0 {
+		c.SyncInterval = DefaultSyncInterval
+	}
+	if c.Replicas <= 0 {
+		c.Replicas = 1
+	}
+	if c.MaxAge <= 0 {
+		c.MaxAge = DefaultMaxAge
+	}
+	if c.DedupWindow <= 0 {
+		c.DedupWindow = DefaultDedupWindow
+	}
+	if c.ProgressInterval <= 0 {
+		c.ProgressInterval = DefaultProgressInterval
+	}
+	if c.APITimeout <= 0 {
+		c.APITimeout = DefaultAPITimeout
+	}
+	return c
+}
+
+// embedded reports whether Open starts the in-process server.
+func (c Config) embedded() bool { return c.Client.URL == "" }
 
 // Stream is the gateway's connection to JetStream: the embedded server if
 // there is one, the client connection and the sink.
@@ -45,21 +133,27 @@ type Stream struct {
 }
 
 // Open connects to JetStream as cfg says and ensures the stream. With
-// cfg.NATSURL empty it starts the embedded server (data under cfg.DataDir,
-// token in DataDir/nats-token, listener on cfg.NATSListen) and connects in
-// process; otherwise it connects to the external servers. The CLI calls it
-// only for --sink jetstream, so the embedded server runs only then. ctx
-// bounds the start-up only; recovering a large embedded store can take a
-// while, so give it a generous deadline or none.
+// cfg.Client.URL empty it starts the embedded server (data under
+// cfg.DataDir, token in DataDir/nats-token, listener on cfg.Listen) and
+// connects in process; otherwise it connects to the external servers. The
+// CLI calls it only for --sink jetstream, so the embedded server runs only
+// then.
+//
+// Open has no start-up deadline of its own: recovering a large embedded
+// store after a crash can take minutes, and giving up would only restart
+// the same recovery. It logs progress while it waits. ctx is the caller's
+// cancellation (a signal during start-up): when it ends, Open shuts the
+// half-started server down cleanly and returns ctx's error.
 //
 // Errors wrap ErrListen (--nats-listen busy or invalid) and ErrStreamConflict
 // (the stream exists with other settings), which the CLI reports as
 // configuration errors.
-func Open(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Stream, err error) {
+func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *Stream, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Stream{log: log, name: cfg.Stream}
+	cfg = cfg.withDefaults()
+	s := &Stream{log: log, name: cfg.Name}
 	defer func() {
 		if err != nil {
 			_ = s.Close()
@@ -79,8 +173,7 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Stream, 
 				sk.resendFromReconnect()
 			}
 		}))
-	embedded := cfg.NATSURL == ""
-	if embedded {
+	if cfg.embedded() {
 		srv, token, err := startEmbedded(ctx, cfg, log)
 		if err != nil {
 			return nil, err
@@ -90,14 +183,18 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Stream, 
 		if err != nil {
 			return nil, fmt.Errorf("stream: connect to the embedded server: %w", err)
 		}
-		if cfg.NATSListen != "" {
-			log.Info("embedded NATS server ready", "listen", srv.ClientURL(), "store", cfg.StoreMaxBytes.String(),
-				"sync", cfg.Sync, "token_file", TokenFile(cfg.DataDir))
-		} else {
-			log.Info("embedded NATS server ready", "listen", "none", "store", cfg.StoreMaxBytes.String(), "sync", cfg.Sync)
+		listen := "none"
+		if cfg.Listen != "" {
+			listen = srv.ClientURL()
 		}
+		log.Info("embedded NATS server ready", "listen", listen, "store", config.Size(cfg.StoreMaxBytes).String(),
+			"sync", syncString(cfg), "token_file", TokenFile(cfg.DataDir))
 	} else {
-		s.nc, err = ClientFromConfig(cfg).Connect(copts...)
+		client := cfg.Client
+		if client.Name == "" {
+			client.Name = "meridian"
+		}
+		s.nc, err = client.Connect(copts...)
 		if err != nil {
 			return nil, err
 		}
@@ -105,14 +202,14 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Stream, 
 	}
 	// A frame the servers refuse as too large could never be stored: the
 	// sink would hold the stations back forever. Refuse to start instead.
-	if need := int64(cfg.MaxFrame) + maxHeaderBytes; cfg.MaxFrame > 0 && s.nc.MaxPayload() < need {
+	if need := cfg.MaxFrame + maxHeaderBytes; cfg.MaxFrame > 0 && s.nc.MaxPayload() < need {
 		return nil, fmt.Errorf("stream: NATS max_payload is %d bytes; --max-frame %d needs %d with headers", s.nc.MaxPayload(), cfg.MaxFrame, need)
 	}
 	s.js, err = jetstream.New(s.nc)
 	if err != nil {
 		return nil, fmt.Errorf("stream: jetstream: %w", err)
 	}
-	if err := ensureStream(ctx, s.js, streamConfig(cfg, embedded), log); err != nil {
+	if err := ensureStream(ctx, s.js, jsConfig(cfg), cfg.APITimeout, log); err != nil {
 		return nil, err
 	}
 	s.sink, err = NewSink(s.nc, SinkOptions{Window: cfg.PublishWindow, Timeout: cfg.PublishTimeout}, log.With("component", "sink"))
@@ -123,13 +220,18 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Stream, 
 	return s, nil
 }
 
+// syncString is the store's sync setting as --sync spells it.
+func syncString(cfg Config) string {
+	if cfg.SyncAlways {
+		return "always"
+	}
+	return cfg.SyncInterval.String()
+}
+
 // Sink is the JetStream sink; it implements pipeline.Sink and pipeline.Checker.
 func (s *Stream) Sink() *Sink { return s.sink }
 
-// Conn is the client connection, for health checks and tools.
-func (s *Stream) Conn() *nats.Conn { return s.nc }
-
-// JetStream is the JetStream context of Conn.
+// JetStream is the JetStream context of the gateway's connection.
 func (s *Stream) JetStream() jetstream.JetStream { return s.js }
 
 // Name is the stream's name.

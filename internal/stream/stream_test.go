@@ -10,10 +10,10 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/meridian-telemetry/meridian/internal/config"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -83,7 +83,7 @@ func TestTokenFile(t *testing.T) {
 
 func TestEmbeddedListenerNeedsToken(t *testing.T) {
 	cfg := testConfig(t)
-	cfg.NATSListen = "127.0.0.1:0"
+	cfg.Listen = "127.0.0.1:0"
 	st := openStream(t, cfg)
 	url := st.ClientURL()
 	if url == "" {
@@ -111,13 +111,13 @@ func TestBusyPort(t *testing.T) {
 	}
 	defer l.Close()
 	cfg := testConfig(t)
-	cfg.NATSListen = l.Addr().String()
+	cfg.Listen = l.Addr().String()
 	st, err := Open(context.Background(), cfg, testLogger(t))
 	if err == nil {
 		st.Close()
 		t.Fatal("Open on a busy port succeeded")
 	}
-	if !errors.Is(err, ErrListen) || !strings.Contains(err.Error(), "--nats-listen") || !strings.Contains(err.Error(), cfg.NATSListen) {
+	if !errors.Is(err, ErrListen) || !strings.Contains(err.Error(), "--nats-listen") || !strings.Contains(err.Error(), cfg.Listen) {
 		t.Errorf("error %q should wrap ErrListen and name --nats-listen and the address", err)
 	}
 }
@@ -144,7 +144,7 @@ func TestSinkEndToEnd(t *testing.T) {
 		t.Errorf("Check: %v", err)
 	}
 
-	msgs := readAll(t, st.JetStream(), cfg.Stream)
+	msgs := readAll(t, st.JetStream(), cfg.Name)
 	if len(msgs) != per*len(stations) {
 		t.Fatalf("stream holds %d messages, want %d", len(msgs), per*len(stations))
 	}
@@ -194,7 +194,7 @@ func TestAckAfterPersistence(t *testing.T) {
 	port := srv.Addr().(*net.TCPAddr).Port
 
 	cfg := testConfig(t)
-	cfg.NATSURL = srv.ClientURL()
+	cfg.Client.URL = srv.ClientURL()
 	cfg.PublishTimeout = 500 * time.Millisecond
 	cfg.PublishWindow = 64
 	st := openStream(t, cfg)
@@ -241,7 +241,7 @@ func TestAckAfterPersistence(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	msgs := readAll(t, st.JetStream(), cfg.Stream)
+	msgs := readAll(t, st.JetStream(), cfg.Name)
 	stored := map[uint64]int{}
 	for _, m := range msgs {
 		seq, _ := strconv.ParseUint(m.Headers().Get(HeaderSeq), 10, 64)
@@ -262,15 +262,15 @@ func TestExternalCredentials(t *testing.T) {
 		o.Username, o.Password = "meridian", "s3cret"
 	})
 	cfg := testConfig(t)
-	cfg.NATSURL = srv.ClientURL()
-	cfg.NATSUser, cfg.NATSPassword = "meridian", "wrong"
+	cfg.Client.URL = srv.ClientURL()
+	cfg.Client.User, cfg.Client.Password = "meridian", "wrong"
 	if st, err := Open(context.Background(), cfg, testLogger(t)); err == nil {
 		st.Close()
 		t.Fatal("Open with a wrong password succeeded")
 	}
-	cfg.NATSPassword = "s3cret"
+	cfg.Client.Password = "s3cret"
 	st := openStream(t, cfg)
-	info, err := st.JetStream().Stream(context.Background(), cfg.Stream)
+	info, err := st.JetStream().Stream(context.Background(), cfg.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,7 +289,7 @@ func TestStreamDeleted(t *testing.T) {
 	rec := newRecorder()
 	agg := runAggregator(t, st.Sink(), 64)
 	ctx := context.Background()
-	if err := st.JetStream().DeleteStream(ctx, cfg.Stream); err != nil {
+	if err := st.JetStream().DeleteStream(ctx, cfg.Name); err != nil {
 		t.Fatal(err)
 	}
 	f := newFeeder("192.0.2.1", 1, rec)
@@ -302,25 +302,27 @@ func TestStreamDeleted(t *testing.T) {
 	if n := rec.count(); n != 0 {
 		t.Fatalf("%d frames committed without a stream", n)
 	}
-	if err := ensureStream(ctx, st.JetStream(), streamConfig(cfg, true), testLogger(t)); err != nil {
+	if err := ensureStream(ctx, st.JetStream(), jsConfig(cfg.withDefaults()), time.Second, testLogger(t)); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-feedDone; err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "all frames committed", func() bool { return rec.count() == 500 })
-	if n := len(readAll(t, st.JetStream(), cfg.Stream)); n != 500 {
+	if n := len(readAll(t, st.JetStream(), cfg.Name)); n != 500 {
 		t.Errorf("stream holds %d messages, want 500", n)
 	}
 }
 
 // TestClusterNodeLoss publishes into an R3 stream on a 3-node cluster and
-// shuts down the stream leader during the load.
+// shuts down the stream leader under load: the stations keep sending from
+// before the loss until well after it, frames are in flight at the moment
+// of the loss, and every committed frame is in the stream afterwards.
 func TestClusterNodeLoss(t *testing.T) {
 	c := startCluster(t)
 	cfg := testConfig(t)
-	cfg.NATSURL = strings.Join(c.urls, ",")
-	cfg.StreamReplicas = 3
+	cfg.Client.URL = strings.Join(c.urls, ",")
+	cfg.Replicas = 3
 	cfg.PublishTimeout = time.Second
 	st := openStream(t, cfg)
 	rec := newRecorder()
@@ -328,40 +330,69 @@ func TestClusterNodeLoss(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	const stations, per = 4, 3000
-	errs := make(chan error, stations)
-	for i := range stations {
-		f := newFeeder(fmt.Sprintf("10.0.0.%d", i+1), i+1, rec)
-		f.size = 512
-		go func() { errs <- f.feed(ctx, agg, per) }()
-	}
-	eventually(t, "load under way", func() bool { return rec.count() >= stations*per/4 })
-
-	// The API may be slow to answer under this load; ask until it does.
+	// The leader is looked up before the load: the API may be slow to
+	// answer under it.
 	var leader *server.Server
 	eventually(t, "the stream leader's name", func() bool {
 		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		info, err := st.JetStream().Stream(actx, cfg.Stream)
+		info, err := st.JetStream().Stream(actx, cfg.Name)
 		if err == nil && info.CachedInfo().Cluster != nil {
 			leader = c.byName(info.CachedInfo().Cluster.Leader)
 		}
 		return leader != nil
 	})
-	leader.Shutdown()
-	leader.WaitForShutdown()
-	atShutdown := rec.count()
 
+	// Each station sends until stop is closed.
+	const stations, chunk = 4, 64
+	var fed atomic.Int64
+	stop := make(chan struct{})
+	errs := make(chan error, stations)
+	for i := range stations {
+		f := newFeeder(fmt.Sprintf("10.0.0.%d", i+1), i+1, rec)
+		f.size = 512
+		go func() {
+			for {
+				select {
+				case <-stop:
+					errs <- nil
+					return
+				default:
+				}
+				if err := f.feed(ctx, agg, chunk); err != nil {
+					errs <- err
+					return
+				}
+				fed.Add(chunk)
+			}
+		}()
+	}
+	const share = 2000 // frames committed before the loss, and after it
+	eventually(t, "load under way", func() bool { return rec.count() >= share })
+	var inFlight int
+	eventually(t, "frames waiting for their PubAck", func() bool {
+		inFlight = st.Sink().Stats().Unacked
+		return inFlight > 0
+	})
+	leader.Shutdown()
+	atShutdown, fedAtShutdown := rec.count(), fed.Load()
+	if int64(atShutdown) >= fedAtShutdown {
+		t.Fatalf("nothing outstanding at the leader loss: %d committed of %d queued", atShutdown, fedAtShutdown)
+	}
+	leader.WaitForShutdown()
+	// The load goes on through the election, until the new leader has
+	// stored a good share more.
+	eventually(t, "frames committed after the leader loss", func() bool { return rec.count() >= atShutdown+share })
+	close(stop)
 	for range stations {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "all frames committed", func() bool { return rec.count() == stations*per })
-	if atShutdown == stations*per {
-		t.Log("warning: the load finished before the leader was shut down")
-	}
-	msgs := readAll(t, st.JetStream(), cfg.Stream)
+	total := int(fed.Load())
+	eventually(t, "all frames committed", func() bool { return rec.count() == total })
+
+	msgs := readAll(t, st.JetStream(), cfg.Name)
 	stored := map[frameKey]bool{}
 	for _, m := range msgs {
 		seq, _ := strconv.ParseUint(m.Headers().Get(HeaderSeq), 10, 64)
@@ -376,7 +407,8 @@ func TestClusterNodeLoss(t *testing.T) {
 	if lost > 0 {
 		t.Fatalf("%d committed frames are missing from the stream", lost)
 	}
-	t.Logf("%d frames committed, %d at leader shutdown, %d messages stored (duplicates %d)", rec.count(), atShutdown, len(msgs), len(msgs)-len(stored))
+	t.Logf("%d frames committed; at the leader loss %d committed, %d queued, %d awaiting PubAck; %d messages stored (duplicates %d)",
+		total, atShutdown, fedAtShutdown, inFlight, len(msgs), len(msgs)-len(stored))
 }
 
 func TestStreamConflict(t *testing.T) {
@@ -385,8 +417,8 @@ func TestStreamConflict(t *testing.T) {
 	_ = st.Close()
 
 	cfg2 := cfg
-	cfg2.RetentionMaxAge = config.Duration(24 * time.Hour)
-	cfg2.DedupWindow = config.Duration(time.Minute)
+	cfg2.MaxAge = 24 * time.Hour
+	cfg2.DedupWindow = time.Minute
 	_, err := Open(context.Background(), cfg2, testLogger(t))
 	if !errors.Is(err, ErrStreamConflict) {
 		t.Fatalf("Open with other retention: %v, want ErrStreamConflict", err)
@@ -406,7 +438,7 @@ func TestStreamConflict(t *testing.T) {
 }
 
 func TestCompareStream(t *testing.T) {
-	base := streamConfig(config.Default(), false)
+	base := jsConfig(Config{Client: Client{URL: "nats://example:4222"}}.withDefaults())
 	f := func(mod func(*jetstream.StreamConfig), wantFlag string) {
 		t.Helper()
 		have := base
@@ -435,15 +467,16 @@ func TestCompareStream(t *testing.T) {
 }
 
 func TestStreamConfigMaxBytes(t *testing.T) {
-	cfg := config.Default()
-	if got := streamConfig(cfg, true).MaxBytes; got != int64(cfg.StoreMaxBytes) {
+	embedded := Config{}.withDefaults()
+	if got := jsConfig(embedded).MaxBytes; got != embedded.StoreMaxBytes {
 		t.Errorf("embedded default max bytes %d, want the store limit", got)
 	}
-	if got := streamConfig(cfg, false).MaxBytes; got != -1 {
+	external := Config{Client: Client{URL: "nats://example:4222"}}.withDefaults()
+	if got := jsConfig(external).MaxBytes; got != -1 {
 		t.Errorf("external default max bytes %d, want -1", got)
 	}
-	cfg.RetentionMaxBytes = config.GiB
-	if got := streamConfig(cfg, false).MaxBytes; got != int64(config.GiB) {
+	external.MaxBytes = 1 << 30
+	if got := jsConfig(external).MaxBytes; got != 1<<30 {
 		t.Errorf("explicit max bytes %d", got)
 	}
 }

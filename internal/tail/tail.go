@@ -13,7 +13,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/meridian-telemetry/meridian/internal/config"
@@ -37,7 +39,15 @@ const (
 const (
 	DefaultURL     = "nats://127.0.0.1:4222"
 	DefaultDataDir = "./meridian-data"
+	// DefaultHintAfter is how long a follower waits for its first frame
+	// before it explains, on a terminal, why nothing shows.
+	DefaultHintAfter = time.Second
 )
+
+// Hint is the line a follower prints to a terminal's stderr when nothing
+// arrives: by default tail shows only new frames, which on a quiet stream
+// looks like a hang.
+const Hint = "waiting for new frames; --all or --last N replays"
 
 // Options are the flags of `meridian tail`.
 type Options struct {
@@ -48,15 +58,37 @@ type Options struct {
 	Stream  string // default TELEMETRY
 
 	Station string // identity (10.0.0.7, gs-eu-1.example.net) or subject token (10-0-0-7); "" = all
+	All     bool   // start with the first frame in the stream (of Station, if set)
 	Since   string // a duration back from now (90s, 36h, 7d) or an RFC 3339 time
 	Last    int    // start with the last N frames (of Station, if set)
 	Count   int    // exit after N frames; 0 = follow until ctx ends
 	Format  string // text (default), json, hex or raw
+
+	// Stderr receives Hint when tail follows from now (no All, Since or
+	// Last) and no frame came within HintAfter, once, and only if
+	// IsTerminal(Stderr): a script reading tail's output never sees it.
+	// Nil Stderr prints nothing.
+	Stderr io.Writer
+	// HintAfter defaults to DefaultHintAfter.
+	HintAfter time.Duration
+	// IsTerminal reports whether w is a terminal; nil means IsTerminal.
+	IsTerminal func(w io.Writer) bool
+}
+
+// IsTerminal reports whether w is a file on a character device, which is
+// how a terminal shows up; pipes, files and buffers are not.
+func IsTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 // Run writes frames to w until opts.Count frames were written or ctx ends,
-// which is a normal exit (nil). Without Since or Last it shows only frames
-// that arrive after it started, like tail -f.
+// which is a normal exit (nil). Without All, Since or Last it shows only
+// frames that arrive after it started, like tail -f.
 func Run(ctx context.Context, opts Options, w io.Writer) error {
 	err := run(ctx, opts, w)
 	if err != nil && ctx.Err() != nil && !errors.Is(err, ErrUsage) {
@@ -95,6 +127,8 @@ func run(ctx context.Context, opts Options, w io.Writer) error {
 		ocfg.FilterSubjects = []string{filter}
 	}
 	switch {
+	case opts.All:
+		ocfg.DeliverPolicy = jetstream.DeliverAllPolicy
 	case start != nil:
 		ocfg.DeliverPolicy, ocfg.OptStartTime = jetstream.DeliverByStartTimePolicy, start
 	case opts.Last > 0:
@@ -125,8 +159,11 @@ func run(ctx context.Context, opts Options, w io.Writer) error {
 
 	bw := bufio.NewWriterSize(w, 64*1024)
 	out := &writer{w: bw, format: opts.Format}
+	hinted := opts.hint()
+	defer hinted()
 	for n := 0; opts.Count == 0 || n < opts.Count; n++ {
 		m, err := it.Next(jetstream.NextContext(ctx))
+		hinted()
 		if err != nil {
 			if ctx.Err() != nil {
 				_ = bw.Flush()
@@ -151,6 +188,33 @@ func run(ctx context.Context, opts Options, w io.Writer) error {
 	return nil
 }
 
+// hint starts the wait for the first frame, after which Hint is printed,
+// and returns the function that ends it: called on the first frame and
+// when run returns, it waits for the timer's goroutine, so nothing is
+// written to Stderr after Run returned.
+func (o *Options) hint() (stop func()) {
+	isTerm := o.IsTerminal
+	if isTerm == nil {
+		isTerm = IsTerminal
+	}
+	if o.All || o.Since != "" || o.Last > 0 || o.Stderr == nil || !isTerm(o.Stderr) {
+		return func() {}
+	}
+	done, quit := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTimer(o.HintAfter)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			fmt.Fprintln(o.Stderr, Hint)
+		case <-quit:
+		}
+	}()
+	var once sync.Once
+	return func() { once.Do(func() { close(quit); <-done }) }
+}
+
 // normalize fills defaults, checks the options and returns the start time
 // Since names, if any.
 func (o *Options) normalize(now time.Time) (*time.Time, error) {
@@ -166,6 +230,9 @@ func (o *Options) normalize(now time.Time) (*time.Time, error) {
 	if o.NATS.Name == "" {
 		o.NATS.Name = "meridian-tail"
 	}
+	if o.HintAfter <= 0 {
+		o.HintAfter = DefaultHintAfter
+	}
 	switch o.Format {
 	case "":
 		o.Format = FormatText
@@ -178,6 +245,9 @@ func (o *Options) normalize(now time.Time) (*time.Time, error) {
 	}
 	if o.Count < 0 {
 		return nil, fmt.Errorf("%w: --count must not be negative", ErrUsage)
+	}
+	if o.All && (o.Since != "" || o.Last > 0) {
+		return nil, fmt.Errorf("%w: --all, --since and --last exclude each other", ErrUsage)
 	}
 	if o.Since == "" {
 		return nil, nil

@@ -9,12 +9,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/meridian-telemetry/meridian/internal/config"
 	"github.com/meridian-telemetry/meridian/internal/pipeline"
 	"github.com/meridian-telemetry/meridian/internal/stream"
 	"go.uber.org/goleak"
@@ -49,7 +49,7 @@ func (c *counter) count() int {
 // put frames into it through the real sink.
 type fixture struct {
 	t    *testing.T
-	cfg  config.Config
+	cfg  stream.Config
 	st   *stream.Stream
 	agg  *pipeline.Aggregator
 	own  *counter
@@ -60,10 +60,7 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	cfg := config.Default()
-	cfg.DataDir = t.TempDir()
-	cfg.NATSListen = "127.0.0.1:0"
-	cfg.StoreMaxBytes = 64 * config.MiB
+	cfg := stream.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", StoreMaxBytes: 64 << 20}
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	st, err := stream.Open(ctx, cfg, slog.New(slog.DiscardHandler))
@@ -252,7 +249,7 @@ func TestTailFollow(t *testing.T) {
 	go func() { done <- Run(ctx, o, &out) }()
 	js := f.st.JetStream()
 	waitFor(t, "tail's consumer", func() bool {
-		s, err := js.Stream(ctx, f.cfg.Stream)
+		s, err := js.Stream(ctx, stream.DefaultName)
 		return err == nil && s.CachedInfo().State.Consumers == 1
 	})
 	f.put("10.0.0.1", 2)
@@ -263,7 +260,7 @@ func TestTailFollow(t *testing.T) {
 		t.Errorf("follow output:\n%s", got)
 	}
 	// The consumer is gone with tail.
-	if s, err := js.Stream(ctx, f.cfg.Stream); err != nil {
+	if s, err := js.Stream(ctx, stream.DefaultName); err != nil {
 		t.Fatal(err)
 	} else if n := s.CachedInfo().State.Consumers; n != 0 {
 		t.Errorf("%d consumers left after tail exited", n)
@@ -273,7 +270,7 @@ func TestTailFollow(t *testing.T) {
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	go func() { done <- Run(ctx2, f.opts(), io.Discard) }()
 	waitFor(t, "tail's consumer", func() bool {
-		s, err := js.Stream(ctx, f.cfg.Stream)
+		s, err := js.Stream(ctx, stream.DefaultName)
 		return err == nil && s.CachedInfo().State.Consumers == 1
 	})
 	cancel2()
@@ -332,4 +329,146 @@ func TestOptions(t *testing.T) {
 	f(Options{Format: "xml"}, true, "")
 	f(Options{Last: -1}, true, "")
 	f(Options{Count: -1}, true, "")
+	f(Options{All: true}, false, "")
+	f(Options{All: true, Since: "1h"}, true, "")
+	f(Options{All: true, Last: 2}, true, "")
+}
+
+// TestTailAll: --all starts at the stream's first frame, and --count N
+// ends it after N, whether the stream has more or not.
+func TestTailAll(t *testing.T) {
+	f := newFixture(t)
+	f.put("10.0.0.1", 3)
+	f.put("10.0.0.2", 2)
+	seqs := func(o Options) []uint64 {
+		t.Helper()
+		var got []uint64
+		for _, r := range decodeJSON(t, f.run(o)) {
+			got = append(got, r.StreamSeq)
+		}
+		return got
+	}
+	o := f.opts()
+	o.All, o.Count, o.Format = true, 5, FormatJSON
+	if got := seqs(o); fmt.Sprint(got) != "[1 2 3 4 5]" {
+		t.Errorf("--all --count 5: stream seqs %v", got)
+	}
+	o.Count = 2 // fewer than the stream holds: exits after 2
+	if got := seqs(o); fmt.Sprint(got) != "[1 2]" {
+		t.Errorf("--all --count 2: stream seqs %v", got)
+	}
+	o.Station, o.Count = "10.0.0.2", 2
+	if got := seqs(o); fmt.Sprint(got) != "[4 5]" {
+		t.Errorf("--all --station 10.0.0.2 --count 2: stream seqs %v", got)
+	}
+	o = f.opts()
+	o.Since, o.Count, o.Format = "1h", 4, FormatJSON
+	if got := seqs(o); fmt.Sprint(got) != "[1 2 3 4]" {
+		t.Errorf("--since 1h --count 4: stream seqs %v", got)
+	}
+}
+
+// syncWriter is a buffer safe for the hint's goroutine and the test.
+type syncWriter struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *syncWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
+// TestTailHint: a follower on a quiet stream says once, on a terminal, why
+// nothing shows; not on a pipe, and not when it replays.
+func TestTailHint(t *testing.T) {
+	f := newFixture(t)
+	f.put("10.0.0.1", 2)
+	follow := func(o Options, terminal bool) string {
+		t.Helper()
+		var stderr syncWriter
+		o.Stderr, o.HintAfter = &stderr, 10*time.Millisecond
+		o.IsTerminal = func(w io.Writer) bool { return terminal && w == &stderr }
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- Run(ctx, o, io.Discard) }()
+		if terminal && !o.All && o.Last == 0 && o.Since == "" {
+			waitFor(t, "the hint", func() bool { return stderr.String() != "" })
+		} else {
+			// Wait until tail has had its frames, then past HintAfter.
+			waitFor(t, "tail's consumer", func() bool {
+				s, err := f.st.JetStream().Stream(ctx, stream.DefaultName)
+				return err == nil && s.CachedInfo().State.Consumers == 1
+			})
+			<-time.After(50 * time.Millisecond) // 5× HintAfter: a hint would be out by now
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		return stderr.String()
+	}
+	if got := follow(f.opts(), true); got != Hint+"\n" {
+		t.Errorf("terminal, following: stderr %q, want the hint once", got)
+	}
+	if got := follow(f.opts(), false); got != "" {
+		t.Errorf("not a terminal: stderr %q, want nothing", got)
+	}
+	o := f.opts()
+	o.All = true
+	if got := follow(o, true); got != "" {
+		t.Errorf("--all on a terminal: stderr %q, want nothing", got)
+	}
+	o = f.opts()
+	o.Last = 1
+	if got := follow(o, true); got != "" {
+		t.Errorf("--last on a terminal: stderr %q, want nothing", got)
+	}
+
+	// A frame before the hint is due cancels it.
+	var stderr syncWriter
+	o = f.opts()
+	o.Stderr, o.HintAfter, o.Count = &stderr, time.Hour, 1
+	o.IsTerminal = func(io.Writer) bool { return true }
+	done := make(chan error, 1)
+	go func() { done <- Run(context.Background(), o, io.Discard) }()
+	waitFor(t, "tail's consumer", func() bool {
+		s, err := f.st.JetStream().Stream(context.Background(), stream.DefaultName)
+		return err == nil && s.CachedInfo().State.Consumers == 1
+	})
+	f.put("10.0.0.1", 1)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := stderr.String(); got != "" {
+		t.Errorf("frame arrived: stderr %q, want nothing", got)
+	}
+}
+
+func TestIsTerminal(t *testing.T) {
+	if IsTerminal(&bytes.Buffer{}) {
+		t.Error("a buffer is not a terminal")
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	if IsTerminal(w) {
+		t.Error("a pipe is not a terminal")
+	}
+	if tty, err := os.OpenFile("/dev/tty", os.O_WRONLY, 0); err == nil {
+		defer tty.Close()
+		if !IsTerminal(tty) {
+			t.Error("/dev/tty is a terminal")
+		}
+	}
 }

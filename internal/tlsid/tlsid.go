@@ -5,7 +5,6 @@
 package tlsid
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -150,18 +149,6 @@ func loadPool(file string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
-// Handshake runs the server side of conn's handshake, bounded by timeout
-// (--tls-handshake-timeout) as well as ctx, so that a client that connects
-// and sends nothing cannot hold a session slot.
-func Handshake(ctx context.Context, conn *tls.Conn, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	if err := conn.HandshakeContext(ctx); err != nil {
-		return fmt.Errorf("tls handshake with %s: %w", conn.RemoteAddr(), err)
-	}
-	return nil
-}
-
 // Identity is the name a verified client certificate proves: the leaf's
 // first DNS subject alternative name, else its subject common name. It is
 // empty when the peer sent no certificate.
@@ -176,9 +163,12 @@ func Identity(cs tls.ConnectionState) string {
 	return leaf.Subject.CommonName
 }
 
-// AllowList is the set of identities that may open sessions, as exact names
-// or path.Match globs ("*.gs.example", "station-??"). Matching ignores case,
-// as DNS names do. The zero value, like an empty list, allows everyone.
+// AllowList is the set of station identities that may open sessions, as
+// exact names or path.Match globs ("*.gs.example", "station-??", "10.1.*").
+// The gateway asks it about a station's identity: the name its client
+// certificate proves, else its remote IP, so a list works with mutual TLS,
+// plain TLS and plain TCP alike. Matching ignores case, as DNS names do.
+// The zero value, like an empty list, allows everyone.
 type AllowList struct {
 	patterns []string // lower-cased, validated
 }
@@ -200,11 +190,8 @@ func NewAllowList(patterns []string) (AllowList, error) {
 	return a, nil
 }
 
-// Empty reports whether the list allows everyone.
-func (a AllowList) Empty() bool { return len(a.patterns) == 0 }
-
 // Allowed reports whether identity may open a session. With a non-empty
-// list the empty identity (no client certificate) is never allowed.
+// list the empty identity is never allowed.
 func (a AllowList) Allowed(identity string) bool {
 	if len(a.patterns) == 0 {
 		return true

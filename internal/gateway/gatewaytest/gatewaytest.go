@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meridian-telemetry/meridian/internal/config"
 	"github.com/meridian-telemetry/meridian/internal/gateway"
 	"github.com/meridian-telemetry/meridian/internal/pipeline"
 )
@@ -25,15 +24,10 @@ type Gateway struct {
 	served chan error
 }
 
-// Config returns the default configuration with a loopback listener, the
-// discard sink and short timeouts suited to tests.
-func Config() config.Config {
-	c := config.Default()
-	c.Listen = "127.0.0.1:0"
-	c.Sink = config.SinkDiscard
-	c.HTTPListen = ""
+// Config returns the gateway's defaults with a drain short enough for tests.
+func Config() gateway.Config {
+	c := gateway.DefaultConfig()
 	c.DrainTimeout = 2 * time.Second
-	c.ShutdownGrace = 10 * time.Second
 	return c
 }
 
@@ -45,15 +39,22 @@ func Logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-// Start runs a gateway on cfg.Listen (use 127.0.0.1:0) feeding sink. It is
-// stopped, forcibly if still running, when the test ends.
-func Start(t testing.TB, cfg config.Config, sink pipeline.Sink, opts ...gateway.Option) *Gateway {
+// Start runs a gateway on a free loopback port feeding sink. It is stopped,
+// forcibly if still running, when the test ends.
+func Start(t testing.TB, cfg gateway.Config, sink pipeline.Sink, opts ...gateway.Option) *Gateway {
+	t.Helper()
+	return StartAt(t, "127.0.0.1:0", cfg, sink, opts...)
+}
+
+// StartAt is Start on addr, for a test that restarts a gateway where
+// stations expect it.
+func StartAt(t testing.TB, addr string, cfg gateway.Config, sink pipeline.Sink, opts ...gateway.Option) *Gateway {
 	t.Helper()
 	srv, err := gateway.New(cfg, sink, Logger(), opts...)
 	if err != nil {
 		t.Fatalf("gateway.New: %v", err)
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		srv.Close()
 		t.Fatalf("listen: %v", err)

@@ -1,0 +1,300 @@
+package session
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meridian-telemetry/meridian/internal/frame"
+	"github.com/meridian-telemetry/meridian/internal/pipeline"
+)
+
+// owner is what a batch reports its commit to; the commit log's tests do
+// not need a session.
+type owner struct{}
+
+func (owner) Committed(*pipeline.Batch) {}
+
+func batchOf(seqs ...uint64) *pipeline.Batch {
+	b := pipeline.NewBatch(owner{}, 64)
+	for _, s := range seqs {
+		b.Add(pipeline.Frame{Seq: s, Payload: []byte("x")})
+	}
+	return b
+}
+
+// Batches committed out of order move the ACK only over the prefix, and
+// are handed back for release only once the prefix covers them.
+func TestCommitLogOutOfOrder(t *testing.T) {
+	var l commitLog
+	b1, b2, b3 := batchOf(1, 2), batchOf(3), batchOf(4, 5, 6)
+	for _, b := range []*pipeline.Batch{b1, b2, b3} {
+		l.append(b)
+	}
+	rel, moved := l.commit(b3, nil)
+	if moved || len(rel) != 0 || l.acked.Load() != 0 {
+		t.Fatalf("after the third batch alone: moved %v, released %d, acked %d", moved, len(rel), l.acked.Load())
+	}
+	rel, moved = l.commit(b2, nil)
+	if moved || len(rel) != 0 || l.acked.Load() != 0 {
+		t.Fatalf("after the second: moved %v, released %d, acked %d", moved, len(rel), l.acked.Load())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := l.wait(ctx, nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("wait with the first batch outstanding = %v", err)
+	}
+	rel, moved = l.commit(b1, nil)
+	if !moved || len(rel) != 3 || rel[0] != b1 || rel[1] != b2 || rel[2] != b3 {
+		t.Fatalf("after the first: moved %v, released %v", moved, rel)
+	}
+	if got := l.acked.Load(); got != 6 {
+		t.Fatalf("acked %d, want 6", got)
+	}
+	if err := l.wait(context.Background(), nil); err != nil {
+		t.Fatalf("wait with nothing outstanding = %v", err)
+	}
+}
+
+// A batch the queue refused is taken back: nothing waits for it, and the
+// batches queued before it still complete the wait.
+func TestCommitLogRollback(t *testing.T) {
+	var l commitLog
+	b1, b2 := batchOf(1), batchOf(2)
+	l.append(b1)
+	l.append(b2)
+	l.rollback(b2)
+	done := make(chan error, 1)
+	go func() { done <- l.wait(context.Background(), nil) }()
+	if rel, moved := l.commit(b1, nil); !moved || len(rel) != 1 {
+		t.Fatalf("commit after rollback: moved %v, released %d", moved, len(rel))
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := l.acked.Load(); got != 1 {
+		t.Fatalf("acked %d, want 1", got)
+	}
+	defer func() {
+		if recover() == nil {
+			t.Fatal("rollback of a batch that is not the last queued did not panic")
+		}
+	}()
+	l.append(b1)
+	l.append(b2)
+	l.rollback(b1)
+}
+
+// A failed sink ends a commit wait that could never succeed.
+func TestCommitLogWaitEndsWhenTheSinkFails(t *testing.T) {
+	var l commitLog
+	l.append(batchOf(1))
+	failed := make(chan struct{})
+	close(failed)
+	if err := l.wait(context.Background(), failed); !errors.Is(err, errSinkFailed) {
+		t.Fatalf("wait = %v, want errSinkFailed", err)
+	}
+}
+
+// A session whose end races the gateway's GoAway (every shutdown under
+// load) reads what is due from the control writer's close, under its lock:
+// no data race, and a GOAWAY never written is reported due.
+func TestControlWriterCloseRacesGoAway(t *testing.T) {
+	for range 200 {
+		gw, station := net.Pipe()
+		go func() {
+			buf := make([]byte, 64)
+			for {
+				if _, err := station.Read(buf); err != nil {
+					return
+				}
+			}
+		}()
+		w := newControlWriter(gw, Config{WriteTimeout: time.Second, AckInterval: time.Millisecond},
+			func() uint64 { return 0 }, nopLogger(), nopObserver{})
+		var wg sync.WaitGroup
+		wg.Go(w.goAway)
+		d := w.close()
+		wg.Wait()
+		if !d.usable {
+			t.Fatal("writer reports a broken stream without a failed write")
+		}
+		w.goAway() // after close: does nothing
+		if d2 := w.close(); d2.goAway {
+			t.Fatal("a GOAWAY queued after close is reported due")
+		}
+		gw.Close()
+		station.Close()
+	}
+}
+
+// The control writer coalesces ACKs: many commits inside one interval give
+// one ACK, and the last value is always written.
+func TestControlWriterCoalescesAcks(t *testing.T) {
+	gw, station := net.Pipe()
+	defer station.Close()
+	var acked struct {
+		sync.Mutex
+		n uint64
+	}
+	get := func() uint64 { acked.Lock(); defer acked.Unlock(); return acked.n }
+	w := newControlWriter(gw, Config{WriteTimeout: time.Second, AckInterval: 20 * time.Millisecond}, get, nopLogger(), nopObserver{})
+	defer func() { w.close(); gw.Close() }()
+	got := make(chan uint64, 100)
+	go func() {
+		buf := make([]byte, 13)
+		for {
+			if _, err := ioReadFull(station, buf); err != nil {
+				close(got)
+				return
+			}
+			c, err := frame.ParseControl(buf[4:])
+			if err == nil && c.Type == frame.TypeAck {
+				got <- c.Ack
+			}
+		}
+	}()
+	for i := 1; i <= 50; i++ {
+		acked.Lock()
+		acked.n = uint64(i)
+		acked.Unlock()
+		w.kick()
+	}
+	deadline := time.After(5 * time.Second)
+	var seen []uint64
+	for len(seen) == 0 || seen[len(seen)-1] != 50 {
+		select {
+		case a := <-got:
+			seen = append(seen, a)
+		case <-deadline:
+			t.Fatalf("ACKs %v, never 50", seen)
+		}
+	}
+	if len(seen) > 3 {
+		t.Fatalf("%d ACKs for 50 commits within one interval: %v", len(seen), seen)
+	}
+}
+
+func ioReadFull(c net.Conn, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := c.Read(b[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// A header that announces a large frame costs nothing until its bytes
+// arrive, and the buffer grows only as fast as they do.
+func TestInbufGrowsWithWhatArrives(t *testing.T) {
+	var b inbuf
+	b.init()
+	hdr := frame.AppendHeader(nil, 16<<20)
+	room := b.room()
+	b.wrote(copy(room, hdr))
+	if _, err := b.next(16 << 20); !errors.Is(err, frame.ErrShort) {
+		t.Fatalf("next = %v", err)
+	}
+	if got := len(b.room()); got > smallBufSize {
+		t.Fatalf("a header alone gave a %d-byte buffer", got)
+	}
+	// Feed the frame in full reads: the buffer at most doubles per read.
+	sent := len(hdr)
+	for sent < 1<<20 {
+		r := b.room()
+		before := len(b.buf)
+		b.wrote(len(r))
+		sent += len(r)
+		if next := len(b.room()) + b.w; next > max(4*before, bufClasses[0]) {
+			t.Fatalf("buffer grew from %d to %d after %d bytes", before, next, sent)
+		}
+	}
+	if len(b.buf) > 2*sent {
+		t.Fatalf("buffer of %d bytes after %d bytes of the frame arrived", len(b.buf), sent)
+	}
+	b.release()
+}
+
+// FuzzInbuf feeds random input through the session's own buffered framing
+// (room, wrote, next), cut into random reads, and checks it against
+// frame.Split over the whole input: the same frames in the same order, the
+// same error, and no buffer larger than what arrived calls for.
+func FuzzInbuf(f *testing.F) {
+	f.Add(frame.AppendData(frame.AppendData(nil, []byte("hi")), []byte("sat")), uint64(1))
+	f.Add(append(frame.AppendHeader(nil, 0), frame.AppendData(nil, bytes.Repeat([]byte("x"), 5000))...), uint64(2))
+	f.Add(frame.AppendHeader(nil, 1<<30), uint64(3))
+	f.Add([]byte{0x80, 0, 0, 1, 1}, uint64(4))
+	f.Fuzz(func(t *testing.T, input []byte, seed uint64) {
+		const maxFrame = 64 << 10
+		// The reference: frame.Split over the whole input at once.
+		var want [][]byte
+		var wantErr error
+		for rest := input; ; {
+			p, n, err := frame.Split(rest, maxFrame)
+			if err != nil {
+				if !errors.Is(err, frame.ErrShort) {
+					wantErr = err
+				}
+				break
+			}
+			want = append(want, p)
+			rest = rest[n:]
+		}
+		rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+		var b inbuf
+		b.init()
+		var got [][]byte
+		var gotErr error
+		for pos := 0; pos < len(input) && gotErr == nil; {
+			room := b.room()
+			if len(room) == 0 {
+				t.Fatal("room returned no space")
+			}
+			n := min(len(room), len(input)-pos, 1+rng.IntN(3000))
+			copy(room, input[pos:pos+n])
+			b.wrote(n)
+			pos += n
+			if len(b.buf) > max(bufClasses[0], 8*(b.w-b.r)+8*n) && len(b.buf) > smallBufSize {
+				t.Fatalf("buffer of %d bytes holding %d after a read of %d", len(b.buf), b.w-b.r, n)
+			}
+			for {
+				p, err := b.next(maxFrame)
+				if err != nil {
+					if !errors.Is(err, frame.ErrShort) {
+						gotErr = err
+					}
+					break
+				}
+				got = append(got, bytes.Clone(p))
+			}
+		}
+		for _, sentinel := range []error{frame.ErrTooLarge, frame.ErrControl} {
+			if errors.Is(gotErr, sentinel) != errors.Is(wantErr, sentinel) {
+				t.Fatalf("error %v, want %v", gotErr, wantErr)
+			}
+		}
+		if (gotErr == nil) != (wantErr == nil) {
+			t.Fatalf("error %v, want %v", gotErr, wantErr)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("%d frames, want %d", len(got), len(want))
+		}
+		for i := range got {
+			if !bytes.Equal(got[i], want[i]) {
+				t.Fatalf("frame %d differs", i)
+			}
+		}
+		b.release()
+	})
+}
+
+func nopLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }

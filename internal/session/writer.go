@@ -1,0 +1,252 @@
+package session
+
+import (
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/meridian-telemetry/meridian/internal/frame"
+)
+
+// writerLinger is how long a writer goroutine that has just written an ACK
+// waits for more work before it exits. A busy session keeps one writer for
+// all its ACKs instead of starting one per ACK; a writer that wrote only a
+// heartbeat or a GOAWAY exits at once, so an idle session holds none.
+const writerLinger = 100 * time.Millisecond
+
+// controlWriter owns the writes of a session's control frames: HEARTBEAT,
+// ACK and GOAWAY. A writer goroutine runs only while there is something to
+// write (and for writerLinger after), so an idle session costs no
+// goroutine. No lock is held during I/O. Close hands the socket's write
+// side back to the session, with what is still due.
+type controlWriter struct {
+	conn         net.Conn
+	heartbeat    time.Duration // 0: none
+	writeTimeout time.Duration
+	ackInterval  time.Duration
+	acked        func() uint64 // the session's acknowledged count, safe from any goroutine
+	log          *slog.Logger
+	obs          Observer
+
+	wake chan struct{} // capacity 1: work for the running writer
+	wg   sync.WaitGroup
+
+	mu        sync.Mutex // guards the fields below
+	writing   bool       // a writer goroutine runs
+	closed    bool       // Close was called: the session owns the socket
+	broken    bool       // a write failed: nothing more is written
+	goAwayDue bool
+	hbDue     bool
+	ackSent   uint64
+	lastAckAt time.Time
+	hbTimer   *time.Timer
+	acking    bool   // the last write carried an ACK: frames are flowing
+	buf       []byte // the writer's output; owned by the writer while writing
+}
+
+func newControlWriter(conn net.Conn, cfg Config, acked func() uint64, log *slog.Logger, obs Observer) *controlWriter {
+	w := &controlWriter{
+		conn:         conn,
+		heartbeat:    cfg.Heartbeat,
+		writeTimeout: cfg.WriteTimeout,
+		ackInterval:  cfg.AckInterval,
+		acked:        acked,
+		log:          log,
+		obs:          obs,
+		wake:         make(chan struct{}, 1),
+	}
+	if w.heartbeat > 0 {
+		w.hbTimer = time.AfterFunc(w.heartbeat, w.heartbeatDue)
+	}
+	return w
+}
+
+// goAway queues a GOAWAY; after close it does nothing (close has already
+// reported what was due).
+func (w *controlWriter) goAway() {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return
+	}
+	w.goAwayDue = true
+	w.mu.Unlock()
+	w.kick()
+}
+
+func (w *controlWriter) heartbeatDue() {
+	w.mu.Lock()
+	w.hbDue = true
+	w.mu.Unlock()
+	w.kick()
+}
+
+// kick makes sure a writer runs to look at what is due: the one running,
+// or a new one.
+func (w *controlWriter) kick() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed || w.broken {
+		return
+	}
+	if w.writing {
+		// Signalled under mu: a writer deciding to exit checks wake under
+		// mu too, so this wake-up cannot fall between its check and its
+		// exit.
+		select {
+		case w.wake <- struct{}{}:
+		default: // already woken
+		}
+		return
+	}
+	w.writing = true
+	w.wg.Add(1)
+	go w.run()
+}
+
+// run writes what is due until nothing has been due for writerLinger.
+func (w *controlWriter) run() {
+	defer w.wg.Done()
+	var t *time.Timer
+	defer func() {
+		if t != nil {
+			t.Stop()
+		}
+	}()
+	for {
+		w.mu.Lock()
+		if w.closed {
+			w.writing = false
+			w.mu.Unlock()
+			return
+		}
+		out, wait := w.gatherLocked(time.Now())
+		if len(out) == 0 {
+			idle := wait == 0
+			if idle && !w.acking {
+				// Nothing due, and the last write was no ACK (a heartbeat,
+				// a GOAWAY): an idle session holds no writer.
+				w.writing = false
+				w.mu.Unlock()
+				return
+			}
+			if idle {
+				wait = writerLinger
+				w.acking = false // one linger per run of ACKs
+			}
+			w.mu.Unlock()
+			if t == nil {
+				t = time.NewTimer(wait)
+			} else {
+				t.Reset(wait)
+			}
+			select {
+			case <-w.wake:
+				continue
+			case <-t.C:
+			}
+			if !idle {
+				continue // the coalesced ACK is due now
+			}
+			w.mu.Lock()
+			// Nothing came in the linger time; exit unless work arrived
+			// between the timer and the lock (kick saw writing set and
+			// only signalled wake).
+			select {
+			case <-w.wake:
+				w.mu.Unlock()
+				continue
+			default:
+			}
+			w.writing = false
+			w.mu.Unlock()
+			return
+		}
+		w.buf = out
+		w.mu.Unlock()
+
+		_ = w.conn.SetWriteDeadline(time.Now().Add(w.writeTimeout))
+		if _, err := w.conn.Write(out); err != nil {
+			w.mu.Lock()
+			w.broken = true
+			w.writing = false
+			w.mu.Unlock()
+			// Logged once: after a failed write the stream to the station
+			// may hold half a frame, so nothing more is written at all.
+			w.log.Warn("station not reading; control frames dropped from now on", "err", err)
+			return
+		}
+		w.mu.Lock()
+		if w.hbTimer != nil {
+			w.hbTimer.Reset(w.heartbeat) // any write proves we are alive
+		}
+		w.mu.Unlock()
+	}
+}
+
+// gatherLocked appends the due control frames to the writer's buffer. When
+// an ACK is due but falls inside the coalescing interval, it returns how
+// long to wait for it instead.
+func (w *controlWriter) gatherLocked(now time.Time) (out []byte, wait time.Duration) {
+	out = w.buf[:0]
+	if w.goAwayDue {
+		w.goAwayDue = false
+		out = frame.AppendGoAway(out)
+	}
+	if ack := w.acked(); ack > w.ackSent {
+		if d := w.ackInterval - now.Sub(w.lastAckAt); d > 0 {
+			wait = d
+		} else {
+			out = frame.AppendAck(out, ack)
+			w.ackSent, w.lastAckAt = ack, now
+			w.acking = true
+			w.obs.AckSent()
+		}
+	}
+	if w.hbDue {
+		w.hbDue = false
+		if len(out) == 0 { // any other frame already shows we are alive
+			out = frame.AppendHeartbeat(out)
+			w.obs.HeartbeatSent()
+		}
+	}
+	return out, wait
+}
+
+// due is what the session still owes the station when the writer stops.
+type due struct {
+	goAway bool // a GOAWAY was queued and never written
+	// usable is false once a write failed: the stream to the station may
+	// hold half a frame, so nothing more may be written.
+	usable bool
+}
+
+// close stops the writer: it waits for a write in progress, stops the
+// timers, and returns what is still due. The caller owns the socket's
+// write side afterwards; a later goAway or kick does nothing.
+func (w *controlWriter) close() due {
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}: // a lingering writer sees closed at once
+	default:
+	}
+	w.wg.Wait()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.hbTimer != nil {
+		w.hbTimer.Stop()
+	}
+	d := due{goAway: w.goAwayDue, usable: !w.broken}
+	w.goAwayDue = false
+	return d
+}
+
+// buffer lends the writer's buffer to the final write, after close.
+func (w *controlWriter) buffer() []byte {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf[:0]
+}

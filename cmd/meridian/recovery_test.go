@@ -53,7 +53,7 @@ func TestStartupWaitsForStoreRecovery(t *testing.T) {
 		}
 	}
 
-	t.Setenv("GO_TEST_MERIDIAN_PROGRESS_INTERVAL", "10ms")
+	t.Setenv("GO_TEST_MERIDIAN_PROGRESS_INTERVAL", "50ms")
 	again := start(t, serveArgs(dir, "--dedup-window", "10m", "--retention-max-age", "1d")...)
 	httpAddr := again.waitLog(`msg="ops: listening" addr=(\S+)`)[1]
 	client := &http.Client{Timeout: time.Second}

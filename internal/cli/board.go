@@ -54,20 +54,26 @@ func newBoard(gwOf func() *gateway.Server, strmOf func() *stream.Stream) *board.
 // shorter than a sampling interval is listed too, with exact final figures.
 func boardEnded(b *board.Board) gateway.Option {
 	return gateway.WithSessionEnded(func(s gateway.Snapshot, r frame.Reason) {
-		b.Ended(boardSessions([]gateway.Snapshot{s})[0], r.String(), time.Now())
+		reason := r.String()
+		if s.End != "" {
+			reason = s.End // a ground-equipment connection's own end
+		}
+		b.Ended(boardSessions([]gateway.Snapshot{s})[0], reason, time.Now())
 	})
 }
 
-// boardSessions converts the gateway's snapshots. Sessions have no link or
-// framing of their own yet: the board fills in the default link "meridian"
-// speaking framing "meridian". Heartbeat RTT and link-quality counters are
-// left zero until sessions report them; the board then omits them.
+// boardSessions converts the gateway's snapshots, with their link and
+// framing. Ground-framing connections carry their link-quality counters;
+// Meridian sessions have none, nor a heartbeat RTT yet, and the board then
+// omits them.
 func boardSessions(list []gateway.Snapshot) []board.Session {
 	out := make([]board.Session, len(list))
 	for i, s := range list {
 		out[i] = board.Session{
 			ID:          s.ID,
 			Station:     s.Station,
+			Link:        s.Link,
+			Framing:     s.Framing,
 			RemoteAddr:  s.RemoteAddr,
 			TLSIdentity: s.TLSIdentity,
 			Since:       s.Since,
@@ -75,6 +81,14 @@ func boardSessions(list []gateway.Snapshot) []board.Session {
 			Bytes:       s.Bytes,
 			Acked:       s.Acked,
 			LastFrame:   s.LastFrame,
+		}
+		if q := s.Quality; q != nil {
+			out[i].Quality = []board.Counter{
+				{Name: "good", Value: q.Good}, {Name: "bad", Value: q.Bad},
+				{Name: "crc", Value: q.CRC}, {Name: "sync losses", Value: q.SyncLoss},
+				{Name: "discarded bytes", Value: q.Discarded}, {Name: "gaps", Value: q.Gaps},
+				{Name: "repeats", Value: q.Repeats},
+			}
 		}
 	}
 	return out

@@ -19,6 +19,7 @@ import (
 	"github.com/meridian-telemetry/meridian/internal/board"
 	"github.com/meridian-telemetry/meridian/internal/config"
 	"github.com/meridian-telemetry/meridian/internal/gateway"
+	"github.com/meridian-telemetry/meridian/internal/link"
 	"github.com/meridian-telemetry/meridian/internal/metrics"
 	"github.com/meridian-telemetry/meridian/internal/ops"
 	"github.com/meridian-telemetry/meridian/internal/pipeline"
@@ -39,6 +40,11 @@ under --data-dir), and acknowledge to each station what is safe.
 Every setting is a flag, an environment variable MERIDIAN_<FLAG> (upper case,
 '-' as '_'), or a key of the YAML file given by --config. Precedence: flags,
 then environment, then file, then defaults.
+
+Ground-equipment links (CCSDS space packets, CADUs, generic length fields;
+listening or dialing out, each with its own framing, CRC policy, limits, TLS
+and allow-list) and extra Meridian listeners are set only in the config
+file's links: list; see docs/framing.md. --print-config prints them.
 
 Signals:
   SIGINT, SIGTERM  graceful shutdown: stop accepting, GOAWAY to every session
@@ -132,7 +138,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, cmd *cobra.
 		} else {
 			setPhase("starting: connecting to the NATS cluster")
 		}
-		s, err := openStream(ctx, cfg, log, sigs)
+		s, err := openStream(ctx, withLinkUnits(cfg), log, sigs)
 		if errors.Is(err, errStopDuringStartup) {
 			return nil
 		}
@@ -191,6 +197,13 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, cmd *cobra.
 		gw.Close()
 		return fmt.Errorf("listen: cannot listen on --listen %s: %w", cfg.Listen, err)
 	}
+	links, err := startLinks(cfg.Links, gw, log)
+	if err != nil {
+		ln.Close()
+		gw.Close()
+		return err
+	}
+	m.Links(links.stats)
 
 	served := make(chan error, 1)
 	go func() { served <- gw.Serve(ln) }()
@@ -223,8 +236,14 @@ wait:
 		case sig = <-sigs:
 			if sig == syscall.SIGHUP {
 				reloadTLS(log, loader)
+				links.reload(log)
 				continue
 			}
+			break wait
+		case err := <-links.served:
+			links.running--
+			failure = fmt.Errorf("link listener failed: %w", err)
+			log.Error("link listener failed; shutting down gracefully", "err", err)
 			break wait
 		case servErr = <-servedC:
 			servedC = nil
@@ -261,6 +280,7 @@ wait:
 		case s := <-sigs:
 			if s == syscall.SIGHUP {
 				reloadTLS(log, loader)
+				links.reload(log)
 				continue
 			}
 			log.Warn("second signal: forcing the exit", "signal", s.String())
@@ -270,6 +290,7 @@ wait:
 	if servedC != nil {
 		<-servedC
 	}
+	links.wait()
 	var fe *gateway.ForcedError
 	switch {
 	case errors.As(shutErr, &fe):
@@ -337,10 +358,24 @@ func openStream(ctx context.Context, cfg config.Config, log *slog.Logger, sigs <
 			}
 			log.Info("signal received during start-up: stopping", "signal", sig.String())
 			cancel()
-			if r := <-opened; r.err == nil {
-				r.s.Close()
+			// The embedded server cannot stop in the middle of recovering
+			// its store; Open returns once it can. A second signal does
+			// not wait for that.
+			for {
+				select {
+				case r := <-opened:
+					if r.err == nil {
+						r.s.Close()
+					}
+					return nil, errStopDuringStartup
+				case sig := <-sigs:
+					if sig == syscall.SIGHUP {
+						continue
+					}
+					log.Warn("second signal during start-up: exiting without waiting for the store recovery", "signal", sig.String())
+					return nil, exitError{code: ExitFail, err: errors.New("start-up interrupted by a second signal")}
+				}
 			}
-			return nil, errStopDuringStartup
 		}
 	}
 }
@@ -424,9 +459,155 @@ func (r *rates) stations(gw func() *gateway.Server) func() []ops.StationStatus {
 				LastFrameAt:     s.LastFrame,
 				FramesPerSecond: fps,
 				FramesAcked:     s.Acked,
+				Link:            s.Link,
+				Framing:         s.Framing,
+				Quality:         s.Quality,
 			}
 		}
 		r.prev = seen // forget ended sessions
 		return out
 	}
+}
+
+// linkSet is the config file's links, running: their listeners' Serve
+// results, their TLS loaders and their counters.
+type linkSet struct {
+	served  chan error // one result per listening link, once its Serve returns
+	running int        // listening links whose result is not read yet
+	loaders []*tlsid.Loader
+	list    []runningLink
+}
+
+type runningLink struct {
+	name   string
+	dial   bool
+	totals *link.Counters
+}
+
+// startLinks binds every listening link, then serves them all and starts
+// every dial-out link. A link that cannot be set up (certificates,
+// allow-list, bind) is a configuration error that names it; nothing is
+// left running then.
+func startLinks(links []config.Link, gw *gateway.Server, log *slog.Logger) (*linkSet, error) {
+	ls := &linkSet{served: make(chan error, len(links))}
+	type bound struct {
+		ln net.Listener
+		gl gateway.Link
+		at string
+	}
+	var (
+		toServe []bound
+		toDial  []bound
+	)
+	fail := func(err error) (*linkSet, error) {
+		for _, b := range toServe {
+			b.ln.Close()
+		}
+		return nil, err
+	}
+	for _, l := range links {
+		gl := gateway.Link{Name: l.Name, MaxSessions: l.MaxSessions, MaxSessionsPerIP: l.MaxSessionsPerIP, Totals: new(link.Counters)}
+		if l.Framing != config.FramingMeridian {
+			policy, err := link.ParsePolicy(l.CRCPolicy)
+			if err != nil {
+				return fail(usage(fmt.Errorf("link %s: crc-policy: %w", l.Name, err)))
+			}
+			gl.Ground = &link.Config{Name: l.Name, Framing: l.Framing, Packet: l.Packet, Frame: l.Frame, LengthField: l.LengthField, CRC: policy}
+		}
+		if l.TLSCert != "" {
+			tl, err := tlsid.Load(tlsid.Files{Cert: l.TLSCert, Key: l.TLSKey, ClientCA: l.TLSClientCA})
+			if err != nil {
+				return fail(usage(fmt.Errorf("link %s: tls-cert: %w", l.Name, err)))
+			}
+			ls.loaders = append(ls.loaders, tl)
+			gl.TLS, gl.Identity = tl.Config(), tlsid.Identity
+		}
+		if len(l.AllowStations) > 0 {
+			allow, err := tlsid.NewAllowList(l.AllowStations)
+			if err != nil {
+				return fail(usage(fmt.Errorf("link %s: allow-stations: %w", l.Name, err)))
+			}
+			gl.Allowed = allow.Allowed
+		}
+		ls.list = append(ls.list, runningLink{name: l.Name, dial: l.Dial != "", totals: gl.Totals})
+		if l.Dial != "" {
+			toDial = append(toDial, bound{gl: gl, at: l.Dial})
+			continue
+		}
+		ln, err := net.Listen("tcp", l.Listen)
+		if err != nil {
+			return fail(fmt.Errorf("link %s: cannot listen on %s: %w", l.Name, l.Listen, err))
+		}
+		toServe = append(toServe, bound{ln: ln, gl: gl, at: l.Listen})
+	}
+	for _, b := range toServe {
+		ls.running++
+		go func() {
+			err := gw.ServeLink(b.ln, b.gl)
+			if errors.Is(err, gateway.ErrServerClosed) {
+				err = nil
+			}
+			ls.served <- err
+		}()
+		log.Info("link listening", "link", b.gl.Name, "listen", b.ln.Addr().String(), "framing", framingOf(b.gl))
+	}
+	for _, b := range toDial {
+		if err := gw.DialLink(b.at, b.gl); err != nil {
+			return ls, fmt.Errorf("link %s: %w", b.gl.Name, err)
+		}
+		log.Info("link dialing", "link", b.gl.Name, "dial", b.at, "framing", framingOf(b.gl))
+	}
+	return ls, nil
+}
+
+func framingOf(l gateway.Link) string {
+	if l.Ground == nil {
+		return config.FramingMeridian
+	}
+	return l.Ground.Framing
+}
+
+// wait collects the results of the listening links' Serve, which return
+// once shutdown closed their listeners.
+func (ls *linkSet) wait() {
+	for ; ls.running > 0; ls.running-- {
+		<-ls.served
+	}
+}
+
+// reload reloads the links' TLS certificates on SIGHUP.
+func (ls *linkSet) reload(log *slog.Logger) {
+	for _, l := range ls.loaders {
+		reloadTLS(log, l)
+	}
+}
+
+// stats reads the links' totals for Prometheus.
+func (ls *linkSet) stats() []metrics.LinkStats {
+	out := make([]metrics.LinkStats, 0, len(ls.list))
+	for _, l := range ls.list {
+		q := l.totals.Quality()
+		out = append(out, metrics.LinkStats{
+			Name: l.name, Dial: l.dial, Connected: l.totals.Connected(),
+			Bytes: q.Bytes, Good: q.Good, Bad: q.Bad,
+			Rejected:  map[string]uint64{"crc": q.CRC, "oversize": q.Oversize, "undersize": q.Undersize, "short": q.Short, "version": q.Version},
+			Discarded: q.Discarded, SyncLoss: q.SyncLoss, Gaps: q.Gaps, Repeats: q.Repeats,
+		})
+	}
+	return out
+}
+
+// withLinkUnits raises max-frame, for the stream's message size bound
+// only, to the largest unit a link can store.
+func withLinkUnits(cfg config.Config) config.Config {
+	for _, l := range cfg.Links {
+		if l.Framing == config.FramingMeridian {
+			continue
+		}
+		g := link.Config{Framing: l.Framing, Packet: l.Packet, Frame: l.Frame, LengthField: l.LengthField}
+		if n := g.MaxUnit(); n > 0 && uint32(n) > cfg.MaxFrame {
+			cfg.MaxFrame = uint32(n)
+		}
+	}
+	return cfg
 }

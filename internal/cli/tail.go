@@ -12,6 +12,7 @@ import (
 
 func newTailCmd() *cobra.Command {
 	var o tail.Options
+	vc, apid := new(int), new(int) // --vc, --apid: set on o only when given
 	cmd := &cobra.Command{
 		Use:   "tail",
 		Short: "Follow or replay the telemetry stream",
@@ -30,9 +31,13 @@ It connects to --nats-url, authenticating with --nats-token or, when that is
 not given, with the token the embedded server keeps in --data-dir/nats-token.
 
 Formats:
-  text  one line per frame: stream sequence, station, session, seq, time, size
+  text  one line per frame: stream sequence, station, session, seq, time, size;
+        for ground-framing units also link, framing, the CCSDS header fields
+        (apid, seq_count; scid, vcid, mc_count, vc_count) and crc=bad when flagged
   json  {"stream_seq":N,"subject":"…","station":"…","session":"…","seq":N,
-         "received":"…","size":N,"payload":"<base64>"} per line
+         "received":"…","size":N,"payload":"<base64>"} per line, with
+         "link", "framing", "apid", "seq_count", "scid", "vcid", "mc_count",
+         "vc_count" and "crc" when the unit has them
   hex   the text line, then a hex dump of the payload
   raw   the original length-prefixed frames, to pipe into
         'meridian station --in framed'`,
@@ -41,6 +46,12 @@ Formats:
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			o.Stderr = cmd.ErrOrStderr()
+			if cmd.Flags().Changed("vc") {
+				o.VC = vc
+			}
+			if cmd.Flags().Changed("apid") {
+				o.APID = apid
+			}
 			err := tail.Run(ctx, o, cmd.OutOrStdout())
 			if errors.Is(err, tail.ErrUsage) {
 				return usage(err)
@@ -59,7 +70,9 @@ Formats:
 	f.StringVar(&o.NATS.TLSKey, "nats-tls-key", "", "private key (PEM) of --nats-tls-cert")
 	f.StringVar(&o.DataDir, "data-dir", tail.DefaultDataDir, "data directory of the embedded server, where its token is kept")
 	f.StringVar(&o.Stream, "stream", "TELEMETRY", "stream name")
-	f.StringVar(&o.Station, "station", "", "only this station: its identity (10.0.0.7, gs-1.example.net) or subject token (10-0-0-7)")
+	f.StringVar(&o.Station, "station", "", "only this station: its identity (10.0.0.7, gs-1.example.net) or subject token (10-0-0-7), with its ground-framing sub-subjects")
+	f.IntVar(vc, "vc", -1, "only transfer frames of this virtual channel, 0 to 7 (subject telemetry.<station>.vc<N>; every station without --station); -1: no filter")
+	f.IntVar(apid, "apid", -1, "only space packets of this APID, 0 to 2047 (subject telemetry.<station>.apid<N>; every station without --station); -1: no filter")
 	f.BoolVar(&o.All, "all", false, "start with the first frame in the stream")
 	f.StringVar(&o.Since, "since", "", "start this far back (90s, 36h, 7d) or at this RFC 3339 time")
 	f.IntVar(&o.Last, "last", 0, "start with the last N frames")

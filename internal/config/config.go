@@ -69,6 +69,11 @@ type Config struct {
 	TLSClientCA         string        `yaml:"tls-client-ca"`
 	TLSHandshakeTimeout time.Duration `yaml:"tls-handshake-timeout"`
 	AllowStations       []string      `yaml:"allow-stations"`
+
+	// Links are the listeners and dialers beyond --listen, each with its
+	// own framing (links.go). Only the config file sets them: the key is
+	// read by applyFile, not by the reflection over the other fields.
+	Links []Link `yaml:"-"`
 }
 
 // Default returns the configuration used when nothing is set.
@@ -217,5 +222,6 @@ func (c *Config) Validate() error {
 	if c.TLSHandshakeTimeout <= 0 {
 		bad("tls-handshake-timeout", "must be positive, got %s", c.TLSHandshakeTimeout)
 	}
+	errs = append(errs, validateLinks(c.Links)...)
 	return errors.Join(errs...)
 }

@@ -136,6 +136,18 @@ func applyFile(c *Config, file string) error {
 	for i := 0; i+1 < len(root.Content); i += 2 {
 		k, n := root.Content[i], root.Content[i+1]
 		where := fmt.Sprintf("config file %s: line %d: %s", file, k.Line, k.Value)
+		if k.Value == LinksKey {
+			if line, dup := seen[k.Value]; dup {
+				return fmt.Errorf("%s: already set on line %d", where, line)
+			}
+			seen[k.Value] = k.Line
+			links, err := parseLinks(file, n)
+			if err != nil {
+				return err
+			}
+			c.Links = links
+			continue
+		}
 		s, ok := byKey[k.Value]
 		if !ok {
 			return fmt.Errorf("%s: %w", where, ErrUnknownKey)
@@ -221,6 +233,13 @@ func Print(w io.Writer, c Config) error {
 			n.Style = yaml.FlowStyle
 		}
 		root.Content = append(root.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: s.key}, &n)
+	}
+	if len(c.Links) > 0 {
+		n, err := linksNode(c.Links)
+		if err != nil {
+			return err
+		}
+		root.Content = append(root.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: LinksKey}, n)
 	}
 	enc := yaml.NewEncoder(w)
 	enc.SetIndent(2)

@@ -1,9 +1,12 @@
 package gateway
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/meridian-telemetry/meridian/internal/link"
 )
 
 // Config is what the station-facing server needs: the session limits, the
@@ -85,4 +88,30 @@ func (c Config) Validate() error {
 		bad("max-sessions-per-ip", "must not be negative (0 = no limit), got %d", c.MaxSessionsPerIP)
 	}
 	return errors.Join(errs...)
+}
+
+// DefaultLink names the --listen listener in /stations and on the board.
+const DefaultLink = "meridian"
+
+// Link is the settings of one listener or dialer beyond the default
+// (ServeLink, DialLink): its own limits, TLS and allow-list, and, for
+// ground equipment, its framing. The timeouts, queue and drain are the
+// gateway's.
+type Link struct {
+	Name             string // unique; the identity of a dial-out link's peer
+	MaxSessions      int    // connections open at once on this link; 0: Config.MaxSessions
+	MaxSessionsPerIP int    // connections from one IP on this link; 0: no limit
+	// TLS, when set, serves TLS on a listening link; Identity extracts the
+	// peer's identity from its verified connection ("" keeps the remote IP).
+	TLS      *tls.Config
+	Identity func(tls.ConnectionState) string
+	// Allowed limits which peer identities may connect; nil: any.
+	Allowed func(identity string) bool
+	// Ground is the framing a ground-equipment link reads; nil serves
+	// Meridian sessions. The gateway never writes to such a peer.
+	Ground *link.Config
+	// Totals receives the link's counters; nil: the link keeps its own.
+	Totals *link.Counters
+	// Backoff is a dial-out link's reconnect schedule; zero: the default.
+	Backoff link.Backoff
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/meridian-telemetry/meridian/internal/frame"
+	"github.com/meridian-telemetry/meridian/internal/link"
 	"github.com/meridian-telemetry/meridian/internal/pipeline"
 	"github.com/meridian-telemetry/meridian/internal/session"
 )
@@ -133,8 +134,10 @@ type Server struct {
 	forced    context.Context
 	forceStop context.CancelFunc
 	quit      chan struct{} // closed when shutdown begins; wakes accept back-off
-	aggDone   chan struct{} // closed when the aggregator's Run returned
-	aggErr    error         // set before aggDone closes
+	stopDial  context.Context
+	endDial   context.CancelFunc // called when shutdown begins: dialers stop
+	aggDone   chan struct{}      // closed when the aggregator's Run returned
+	aggErr    error              // set before aggDone closes
 
 	nextID    atomic.Uint64
 	serving   atomic.Bool
@@ -143,13 +146,46 @@ type Server struct {
 	unqueued  atomic.Uint64  // frames ended sessions read but never queued
 	conns     sync.WaitGroup // session and rejection goroutines
 
+	def *linkRT // the --listen link; immutable after New
+
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
-	sessions  map[*session.Session]struct{}
-	active    int            // connections holding a session slot
-	rejecting int            // refusals being written
-	perIP     map[string]int // guarded by mu
-	drainAt   time.Time      // set when shutdown begins
+	sessions  map[*session.Session]*linkRT
+	equip     map[*link.Conn]*linkRT // ground-equipment connections
+	rejecting int                    // refusals being written
+	drainAt   time.Time              // set when shutdown begins
+}
+
+// linkRT is a link at run time: its settings and its connection slots.
+type linkRT struct {
+	Link            // immutable
+	dial     string // the dial-out address; "" for a listening link
+	maxConns int    // immutable
+
+	active int            // connections holding a slot; guarded by Server.mu
+	perIP  map[string]int // guarded by Server.mu
+}
+
+func newLinkRT(l Link, maxSessions int) *linkRT {
+	rt := &linkRT{Link: l, maxConns: l.MaxSessions, perIP: make(map[string]int)}
+	if rt.maxConns <= 0 {
+		rt.maxConns = maxSessions
+	}
+	if rt.Totals == nil {
+		rt.Totals = new(link.Counters)
+	}
+	if rt.Backoff == (link.Backoff{}) {
+		rt.Backoff = link.DefaultBackoff()
+	}
+	return rt
+}
+
+// framing is the link's framing name.
+func (l *linkRT) framing() string {
+	if l.Ground == nil {
+		return link.FramingMeridian
+	}
+	return l.Ground.Framing
 }
 
 // New returns a server that will feed sink. The aggregator starts now; the
@@ -174,13 +210,18 @@ func New(cfg Config, sink pipeline.Sink, log *slog.Logger, opts ...Option) (*Ser
 		quit:      make(chan struct{}),
 		aggDone:   make(chan struct{}),
 		listeners: make(map[net.Listener]struct{}),
-		sessions:  make(map[*session.Session]struct{}),
-		perIP:     make(map[string]int),
+		sessions:  make(map[*session.Session]*linkRT),
+		equip:     make(map[*link.Conn]*linkRT),
 	}
 	for _, o := range opts {
 		o(s)
 	}
+	s.def = newLinkRT(Link{
+		Name: DefaultLink, MaxSessionsPerIP: cfg.MaxSessionsPerIP,
+		TLS: s.tls, Identity: s.identity, Allowed: s.allowed,
+	}, cfg.MaxSessions)
 	s.forced, s.forceStop = context.WithCancel(context.Background())
+	s.stopDial, s.endDial = context.WithCancel(context.Background())
 	go func() {
 		defer close(s.aggDone)
 		s.aggErr = s.agg.Run(s.forced)
@@ -206,7 +247,66 @@ func (s *Server) Aggregator() *pipeline.Aggregator { return s.agg }
 
 // Serve accepts connections on ln until Shutdown or Close, and then returns
 // ErrServerClosed. Any other error ends Serve and is returned.
-func (s *Server) Serve(ln net.Listener) error {
+func (s *Server) Serve(ln net.Listener) error { return s.serve(ln, s.def) }
+
+// ServeLink is Serve for an extra link with its own limits, TLS, allow-list
+// and framing. With l.Ground set, every connection is read as that framing
+// (package link) and nothing is ever written to it.
+func (s *Server) ServeLink(ln net.Listener, l Link) error {
+	if err := checkLink(l); err != nil {
+		ln.Close()
+		return err
+	}
+	return s.serve(ln, newLinkRT(l, s.cfg.MaxSessions))
+}
+
+func checkLink(l Link) error {
+	if l.Name == "" {
+		return errors.New("gateway: a link needs a name")
+	}
+	if l.Ground != nil {
+		if err := l.Ground.Validate(); err != nil {
+			return fmt.Errorf("gateway: link %s: %w", l.Name, err)
+		}
+	}
+	return nil
+}
+
+// DialLink connects to ground equipment that serves TCP at addr, reads it
+// as l.Ground's framing, and reconnects with l.Backoff whenever the
+// connection ends, until shutdown. The dialing goroutine belongs to the
+// server: shutdown stops it, drains the connection it has open, and waits
+// for it. The peer's identity is the link's name. l.TLS, l.Allowed and the
+// limits do not apply to a dial-out link.
+func (s *Server) DialLink(addr string, l Link) error {
+	if err := checkLink(l); err != nil {
+		return err
+	}
+	if l.Ground == nil {
+		return fmt.Errorf("gateway: link %s: a dial-out link needs a ground framing", l.Name)
+	}
+	rt := newLinkRT(l, s.cfg.MaxSessions)
+	rt.dial = addr
+	s.mu.Lock()
+	if s.shutdown.Load() {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.conns.Add(1)
+	s.mu.Unlock()
+	d := &link.Dialer{Name: l.Name, Addr: addr, Backoff: rt.Backoff, Log: s.log}
+	go func() {
+		defer s.conns.Done()
+		d.Run(s.stopDial, func(conn net.Conn) {
+			id := fmt.Sprintf("gs-%d@%s", s.nextID.Add(1), conn.RemoteAddr())
+			info := link.Info{ID: id, Station: l.Name, RemoteAddr: conn.RemoteAddr().String()}
+			s.runEquipment(conn, info, rt)
+		})
+	}()
+	return nil
+}
+
+func (s *Server) serve(ln net.Listener, l *linkRT) error {
 	s.mu.Lock()
 	if s.shutdown.Load() {
 		s.mu.Unlock()
@@ -253,13 +353,13 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		delay = 0
-		s.accept(conn)
+		s.accept(conn, l)
 	}
 }
 
 // accept admits conn within the session limits and starts its goroutine.
 // It never blocks on the connection.
-func (s *Server) accept(conn net.Conn) {
+func (s *Server) accept(conn net.Conn, l *linkRT) {
 	ip := remoteIP(conn.RemoteAddr())
 	s.mu.Lock()
 	if s.shutdown.Load() {
@@ -270,13 +370,14 @@ func (s *Server) accept(conn net.Conn) {
 		conn.Close()
 		return
 	}
-	busy := s.active >= s.cfg.MaxSessions ||
-		(s.cfg.MaxSessionsPerIP > 0 && s.perIP[ip] >= s.cfg.MaxSessionsPerIP)
+	busy := l.active >= l.maxConns ||
+		(l.MaxSessionsPerIP > 0 && l.perIP[ip] >= l.MaxSessionsPerIP)
 	if busy {
 		// Refusals are bounded too: beyond maxRejecting at once (a flood,
 		// or slow TLS handshakes) a connection is closed without a word.
+		// Equipment reads no CLOSE: it is closed without one.
 		s.obs.Rejected(frame.ReasonBusy)
-		if s.rejecting >= maxRejecting {
+		if s.rejecting >= maxRejecting || l.Ground != nil {
 			s.mu.Unlock()
 			conn.Close()
 			return
@@ -284,15 +385,15 @@ func (s *Server) accept(conn net.Conn) {
 		s.rejecting++
 		s.conns.Add(1)
 		s.mu.Unlock()
-		go s.reject(conn, frame.ReasonBusy)
+		go s.reject(conn, frame.ReasonBusy, l)
 		return
 	}
-	s.active++
-	s.perIP[ip]++
+	l.active++
+	l.perIP[ip]++
 	s.conns.Add(1)
 	s.mu.Unlock()
 	id := fmt.Sprintf("gs-%d@%s", s.nextID.Add(1), conn.RemoteAddr())
-	if s.tls == nil {
+	if l.TLS == nil && l.Ground == nil {
 		// Logged here rather than in the session's goroutine: formatting a
 		// log record grows a goroutine's stack to 8 KiB, and the collector
 		// halves an idle goroutine's stack only while less than a quarter
@@ -305,12 +406,12 @@ func (s *Server) accept(conn net.Conn) {
 		// the line is logged.
 		s.log.Info("session started", "session", id, "station", ip)
 	}
-	go s.serveConn(conn, id, ip)
+	go s.serveConn(conn, id, ip, l)
 }
 
 // reject tells a station why it may not connect, then closes. The goroutine
 // is bounded by the handshake and write timeouts.
-func (s *Server) reject(conn net.Conn, r frame.Reason) {
+func (s *Server) reject(conn net.Conn, r frame.Reason, l *linkRT) {
 	defer s.conns.Done()
 	defer func() {
 		s.mu.Lock()
@@ -318,8 +419,8 @@ func (s *Server) reject(conn net.Conn, r frame.Reason) {
 		s.mu.Unlock()
 	}()
 	s.log.Warn("connection rejected", "remote", conn.RemoteAddr().String(), "reason", r.String())
-	if s.tls != nil {
-		tc, _, err := s.handshake(conn)
+	if l.TLS != nil {
+		tc, _, err := s.handshake(conn, l.TLS)
 		if err != nil {
 			conn.Close()
 			return
@@ -333,26 +434,26 @@ func (s *Server) reject(conn net.Conn, r frame.Reason) {
 }
 
 // serveConn runs one session from handshake to close.
-func (s *Server) serveConn(raw net.Conn, id, ip string) {
+func (s *Server) serveConn(raw net.Conn, id, ip string, l *linkRT) {
 	defer s.conns.Done()
 	defer func() {
 		s.mu.Lock()
-		s.active--
-		if s.perIP[ip]--; s.perIP[ip] <= 0 {
-			delete(s.perIP, ip)
+		l.active--
+		if l.perIP[ip]--; l.perIP[ip] <= 0 {
+			delete(l.perIP, ip)
 		}
 		s.mu.Unlock()
 	}()
 
 	conn := raw
 	info := session.Info{ID: id, Station: ip, RemoteAddr: raw.RemoteAddr().String()}
-	if s.tls != nil {
+	if l.TLS != nil {
 		// A forced stop closes the socket itself: closing the tls.Conn
 		// would first try to send close_notify, for up to 5 s, to a
 		// station that may not be reading.
 		stop := context.AfterFunc(s.forced, func() { raw.Close() })
 		defer stop()
-		tc, state, err := s.handshake(raw)
+		tc, state, err := s.handshake(raw, l.TLS)
 		if err != nil {
 			s.obs.TLSHandshakeFailed()
 			s.log.Warn("TLS handshake failed", "session", id, "err", err)
@@ -360,15 +461,19 @@ func (s *Server) serveConn(raw net.Conn, id, ip string) {
 			return
 		}
 		conn = tc
-		if s.identity != nil {
-			if name := s.identity(state); name != "" {
+		if l.Identity != nil {
+			if name := l.Identity(state); name != "" {
 				info.Station, info.TLSIdentity = name, name
 			}
 		}
 	}
-	if s.allowed != nil && !s.allowed(info.Station) {
+	if l.Allowed != nil && !l.Allowed(info.Station) {
 		s.obs.Rejected(frame.ReasonUnauthorized)
-		s.log.Warn("station not authorized", "session", id, "station", info.Station)
+		s.log.Warn("station not authorized", "session", id, "station", info.Station, "link", l.Name)
+		if l.Ground != nil {
+			conn.Close() // equipment reads no CLOSE
+			return
+		}
 		_ = conn.SetWriteDeadline(time.Now().Add(min(s.cfg.WriteTimeout, time.Second)))
 		_, _ = conn.Write(frame.AppendClose(nil, frame.ReasonUnauthorized, frame.ReasonUnauthorized.Text()))
 		session.CloseWrite(conn)
@@ -376,9 +481,14 @@ func (s *Server) serveConn(raw net.Conn, id, ip string) {
 		return
 	}
 
+	if l.Ground != nil {
+		s.runEquipment(conn, link.Info{ID: id, Station: info.Station, RemoteAddr: info.RemoteAddr, TLSIdentity: info.TLSIdentity}, l)
+		return
+	}
+
 	sess := session.New(conn, info, s.scfg, s.agg, s.log, s.obs)
 	s.mu.Lock()
-	s.sessions[sess] = struct{}{}
+	s.sessions[sess] = l
 	shutting, drainAt := s.shutdown.Load(), s.drainAt // one view of both, under mu
 	s.mu.Unlock()
 	if shutting {
@@ -388,7 +498,7 @@ func (s *Server) serveConn(raw net.Conn, id, ip string) {
 		sess.GoAway(drainAt)
 	}
 	s.obs.SessionStarted()
-	if s.tls != nil {
+	if l.TLS != nil {
 		s.log.Info("session started", "session", id, "station", info.Station, "tls_identity", info.TLSIdentity)
 	}
 
@@ -397,16 +507,61 @@ func (s *Server) serveConn(raw net.Conn, id, ip string) {
 
 	s.obs.SessionEnded(reason)
 	if s.ended != nil {
-		s.ended(Snapshot{Info: sess.Info(), Stats: sess.Stats()}, reason)
+		s.ended(Snapshot{Info: sess.Info(), Stats: sess.Stats(), Link: l.Name, Framing: link.FramingMeridian}, reason)
 	}
 	s.mu.Lock()
 	delete(s.sessions, sess)
 	s.mu.Unlock()
 }
 
+// runEquipment reads one ground-equipment connection until it ends, on the
+// caller's goroutine (which conns counts). It drains like a session when
+// shutdown begins, and what it read is queued before it returns.
+func (s *Server) runEquipment(conn net.Conn, info link.Info, l *linkRT) {
+	c, err := link.NewConn(conn, info, *l.Ground, s.agg, s.log, l.Totals)
+	if err != nil { // checked by ServeLink and DialLink
+		s.log.Error("link cannot read", "link", l.Name, "err", err)
+		conn.Close()
+		return
+	}
+	s.mu.Lock()
+	s.equip[c] = l
+	shutting, drainAt := s.shutdown.Load(), s.drainAt
+	s.mu.Unlock()
+	if shutting {
+		c.Drain(drainAt)
+	}
+	end := c.Run(s.forced)
+	s.unqueued.Add(c.Unqueued())
+	if s.ended != nil {
+		// A ground connection's end is not a Meridian close reason: it is
+		// in the snapshot's End, and the reason passed is only nearest.
+		snap := equipSnapshot(c, l)
+		snap.End = end.String()
+		s.ended(snap, endReason(end))
+	}
+	s.mu.Lock()
+	delete(s.equip, c)
+	s.mu.Unlock()
+}
+
+func equipSnapshot(c *link.Conn, l *linkRT) Snapshot {
+	in, st := c.Info(), c.Stats()
+	q := st.Quality
+	return Snapshot{
+		Info: session.Info{ID: in.ID, Station: in.Station, RemoteAddr: in.RemoteAddr, TLSIdentity: in.TLSIdentity},
+		// Acked is what the sink committed: equipment is told nothing, but
+		// the board's and /stations' lag then says what is not yet durable.
+		Stats:   session.Stats{Since: st.Since, Frames: st.Frames, Bytes: st.Bytes, LastFrame: st.LastFrame, Acked: st.Committed},
+		Link:    l.Name,
+		Framing: l.framing(),
+		Quality: &q,
+	}
+}
+
 // handshake runs the TLS handshake within the handshake timeout.
-func (s *Server) handshake(raw net.Conn) (*tls.Conn, tls.ConnectionState, error) {
-	tc := tls.Server(raw, s.tls)
+func (s *Server) handshake(raw net.Conn, cfg *tls.Config) (*tls.Conn, tls.ConnectionState, error) {
+	tc := tls.Server(raw, cfg)
 	ctx, cancel := context.WithTimeout(s.forced, s.cfg.TLSHandshakeTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
@@ -499,6 +654,7 @@ func (s *Server) beginShutdown(lameDuck time.Duration) {
 	s.drainAt = now.Add(lameDuck + s.cfg.DrainTimeout)
 	s.lameUntil.Store(now.Add(lameDuck).UnixNano())
 	close(s.quit)
+	s.endDial()
 	for ln := range s.listeners {
 		ln.Close()
 	}
@@ -512,6 +668,11 @@ func (s *Server) goAwayAll(ctx context.Context, lameDuck time.Duration) error {
 	list := make([]*session.Session, 0, len(s.sessions))
 	for sess := range s.sessions {
 		list = append(list, sess)
+	}
+	// Equipment neither reads GOAWAY nor reconnects elsewhere: there is
+	// nothing to spread. It reads until the drain deadline, at once.
+	for c := range s.equip {
+		c.Drain(time.Now().Add(s.cfg.DrainTimeout))
 	}
 	s.mu.Unlock()
 	if lameDuck <= 0 || len(list) == 0 {
@@ -573,23 +734,56 @@ func (s *Server) Ready() error {
 	return nil
 }
 
-// Snapshot describes one live session.
+// Snapshot describes one live session or ground-equipment connection.
 type Snapshot struct {
 	session.Info
 	session.Stats
+	Link    string        // the link it came in on (DefaultLink for --listen)
+	Framing string        // the link's framing
+	Quality *link.Quality // ground framings only: the connection's counters
+	End     string        // ground framings, at the end only: why it ended (link.End)
 }
 
-// Sessions lists the live sessions.
+// endReason is the Meridian close reason nearest to a ground connection's
+// end, for WithSessionEnded.
+func endReason(e link.End) frame.Reason {
+	switch e {
+	case link.EndEOF:
+		return frame.ReasonStationClosed
+	case link.EndShutdown:
+		return frame.ReasonShutdown
+	case link.EndSinkFailed:
+		return frame.ReasonInternalError
+	}
+	return frame.ReasonReadError
+}
+
+// Sessions lists the live sessions and equipment connections.
 func (s *Server) Sessions() []Snapshot {
+	type sessOf struct {
+		sess *session.Session
+		l    *linkRT
+	}
+	type equipOf struct {
+		c *link.Conn
+		l *linkRT
+	}
 	s.mu.Lock()
-	list := make([]*session.Session, 0, len(s.sessions))
-	for sess := range s.sessions {
-		list = append(list, sess)
+	list := make([]sessOf, 0, len(s.sessions))
+	for sess, l := range s.sessions {
+		list = append(list, sessOf{sess, l})
+	}
+	eq := make([]equipOf, 0, len(s.equip))
+	for c, l := range s.equip {
+		eq = append(eq, equipOf{c, l})
 	}
 	s.mu.Unlock()
-	out := make([]Snapshot, len(list))
-	for i, sess := range list {
-		out[i] = Snapshot{Info: sess.Info(), Stats: sess.Stats()}
+	out := make([]Snapshot, 0, len(list)+len(eq))
+	for _, e := range list {
+		out = append(out, Snapshot{Info: e.sess.Info(), Stats: e.sess.Stats(), Link: e.l.Name, Framing: link.FramingMeridian})
+	}
+	for _, e := range eq {
+		out = append(out, equipSnapshot(e.c, e.l))
 	}
 	return out
 }
@@ -597,7 +791,7 @@ func (s *Server) Sessions() []Snapshot {
 func (s *Server) count() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.sessions)
+	return len(s.sessions) + len(s.equip)
 }
 
 func waitGroup(ctx context.Context, wg *sync.WaitGroup) error {

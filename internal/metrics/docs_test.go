@@ -39,6 +39,7 @@ func exported(t *testing.T) series {
 	m.Queue(func() pipeline.Stats { return pipeline.Stats{} })
 	m.QueueCapacity(256)
 	m.Stream(func() StreamStats { return StreamStats{} })
+	m.Links(func() []LinkStats { return []LinkStats{{Name: "xband", Dial: true}} })
 	fams, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)

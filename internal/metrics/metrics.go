@@ -324,3 +324,84 @@ func reasonCounter(known map[frame.Reason]prometheus.Counter, vec *prometheus.Co
 	}
 	return vec.WithLabelValues(r.String())
 }
+
+// LinkStats are one configured link's totals; see Links.
+type LinkStats struct {
+	Name      string // the configured link name: a bounded label value
+	Dial      bool   // a dial-out link: meridian_link_connected is exported
+	Connected int64  // connections open now
+	Bytes     uint64
+	Good, Bad uint64
+	Rejected  map[string]uint64 // by reason: crc, oversize, undersize, short, version
+	Discarded uint64
+	SyncLoss  uint64
+	Gaps      uint64
+	Repeats   uint64
+}
+
+// LinkReasons are the values of meridian_link_rejected_total's reason label.
+var LinkReasons = []string{"crc", "oversize", "undersize", "short", "version"}
+
+// Links exports the ground-framing links' counters, read from stats at each
+// scrape, aggregated by link (and result or reason): the labels are bounded
+// by the configuration, never by the stations. Call it once; stats must be
+// safe to call from the scraping goroutine. With no link configured the
+// families are still described, and have no series.
+func (m *Metrics) Links(stats func() []LinkStats) {
+	if m == nil || m.reg == nil || stats == nil {
+		return
+	}
+	m.reg.MustRegister(&linkCollector{stats: stats})
+}
+
+var (
+	linkFramesDesc = prometheus.NewDesc(namespace+"_link_frames_total",
+		"Units read on ground-framing links, by result (good, bad).", []string{"link", "result"}, nil)
+	linkRejectedDesc = prometheus.NewDesc(namespace+"_link_rejected_total",
+		"Units rejected on ground-framing links, by reason (crc, oversize, undersize, short, version).", []string{"link", "reason"}, nil)
+	linkBytesDesc = prometheus.NewDesc(namespace+"_link_received_bytes_total",
+		"Bytes read from ground equipment, units and discarded bytes.", []string{"link"}, nil)
+	linkDiscardedDesc = prometheus.NewDesc(namespace+"_link_discarded_bytes_total",
+		"Bytes read on ground-framing links that belong to no unit (sync search, units cut short).", []string{"link"}, nil)
+	linkSyncDesc = prometheus.NewDesc(namespace+"_link_sync_losses_total",
+		"Sync-loss episodes on ground-framing links.", []string{"link"}, nil)
+	linkGapsDesc = prometheus.NewDesc(namespace+"_link_sequence_gaps_total",
+		"Units missing by the CCSDS sequence counters (packet count per APID, VC frame count per VC).", []string{"link"}, nil)
+	linkRepeatsDesc = prometheus.NewDesc(namespace+"_link_sequence_repeats_total",
+		"Units whose CCSDS sequence count repeated the previous one.", []string{"link"}, nil)
+	linkConnectedDesc = prometheus.NewDesc(namespace+"_link_connected",
+		"1 while a dial-out link is connected to its equipment, 0 while it retries.", []string{"link"}, nil)
+)
+
+type linkCollector struct{ stats func() []LinkStats }
+
+func (c *linkCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{linkFramesDesc, linkRejectedDesc, linkBytesDesc, linkDiscardedDesc, linkSyncDesc, linkGapsDesc, linkRepeatsDesc, linkConnectedDesc} {
+		ch <- d
+	}
+}
+
+func (c *linkCollector) Collect(ch chan<- prometheus.Metric) {
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	for _, l := range c.stats() {
+		counter(linkFramesDesc, l.Good, l.Name, "good")
+		counter(linkFramesDesc, l.Bad, l.Name, "bad")
+		for _, r := range LinkReasons {
+			counter(linkRejectedDesc, l.Rejected[r], l.Name, r)
+		}
+		counter(linkBytesDesc, l.Bytes, l.Name)
+		counter(linkDiscardedDesc, l.Discarded, l.Name)
+		counter(linkSyncDesc, l.SyncLoss, l.Name)
+		counter(linkGapsDesc, l.Gaps, l.Name)
+		counter(linkRepeatsDesc, l.Repeats, l.Name)
+		if l.Dial {
+			up := 0.0
+			if l.Connected > 0 {
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(linkConnectedDesc, prometheus.GaugeValue, up, l.Name)
+		}
+	}
+}

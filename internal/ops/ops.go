@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/meridian-telemetry/meridian/internal/board"
+	"github.com/meridian-telemetry/meridian/internal/link"
 )
 
 // assets are the board's page, style and script: embedded, so that the board
@@ -51,6 +52,11 @@ type StationStatus struct {
 	LastFrameAt     time.Time `json:"last_frame_at,omitzero"`
 	FramesPerSecond float64   `json:"frames_per_second"` // recent receive rate
 	FramesAcked     uint64    `json:"frames_acked"`      // frames committed and acknowledged
+	// The link it came in on and its framing; Quality only on ground
+	// framings (docs/framing.md, section 8), whose frames are never acked.
+	Link    string        `json:"link,omitempty"`
+	Framing string        `json:"framing,omitempty"`
+	Quality *link.Quality `json:"quality,omitempty"`
 }
 
 // Options configure the ops server. Every field may be left zero.

@@ -18,6 +18,38 @@ type Frame struct {
 	// Payload is valid until the frame's batch is fully committed; a sink
 	// that needs it longer must copy it.
 	Payload []byte
+	// Meta describes a unit read on a ground-framing link (package link).
+	// It is the zero value for Meridian-protocol frames, whose stored
+	// message it leaves exactly as it was.
+	Meta Meta
+}
+
+// MetaKind says which header fields of Meta are set.
+type MetaKind uint8
+
+// Metadata kinds.
+const (
+	MetaNone   MetaKind = iota // no CCSDS header: only Link and Framing
+	MetaPacket                 // APID and SeqCount are set
+	MetaFrame                  // SCID, VCID, MCCount and VCCount are set
+)
+
+// Meta is what the sink needs to know about a unit of a ground framing: its
+// link and framing, the CCSDS header fields that become message headers and
+// a subject token, and whether its CRC was bad (stored under the "flag"
+// policy). A small value without pointers beyond two constant strings, so
+// that carrying it costs no allocation.
+type Meta struct {
+	Link    string // the configured link name; "" for a Meridian frame
+	Framing string // the framing's name; "" for a Meridian frame
+	Kind    MetaKind
+	CRCBad  bool
+	APID    uint16 // space packet
+	Seq     uint16 // space packet sequence count, 14 bits
+	SCID    uint16 // transfer frame
+	VCID    uint8
+	MCCount uint8
+	VCCount uint8
 }
 
 // Owner learns when a batch it produced is fully committed.

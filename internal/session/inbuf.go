@@ -65,14 +65,25 @@ func (b *inbuf) next(max uint32) (payload []byte, err error) {
 // discard drops everything buffered.
 func (b *inbuf) discard() { b.r = b.w }
 
-// room makes space for the next read and returns it; never empty.
-func (b *inbuf) room() []byte {
+// lingering reports whether the buffer is larger than the small one while
+// the station paused: at a frame boundary after a read that did not fill
+// it. The session then keeps it for a short while (bufLinger), so that a
+// station sending bursts reads each burst in one go instead of growing
+// from the small buffer again every time.
+func (b *inbuf) lingering() bool {
+	return b.r == b.w && !b.full && len(b.buf) > len(b.small)
+}
+
+// room makes space for the next read and returns it; never empty. keep
+// keeps a larger buffer at a frame boundary after a read that did not fill
+// it; otherwise the station has gone quiet and the session waits on the
+// small one.
+func (b *inbuf) room(keep bool) []byte {
 	if b.r == b.w {
 		b.r, b.w = 0, 0
 		switch {
+		case !b.full && keep:
 		case !b.full:
-			// At a frame boundary after a read that did not fill the
-			// buffer: the station has gone quiet. Wait on the small one.
 			b.release()
 		case len(b.buf) < bufClasses[len(bufClasses)-1]:
 			b.grow(2 * len(b.buf))
@@ -87,8 +98,12 @@ func (b *inbuf) room() []byte {
 		total = frame.HeaderSize + int(l) // next has bounded l by the maximum
 	}
 	switch {
-	case total > len(b.buf) && b.full:
+	case b.full && total > len(b.buf):
 		b.grow(min(total, 2*len(b.buf)))
+	case b.full && len(b.buf) < bufClasses[len(bufClasses)-1]:
+		// A full read in the middle of a stream of frames: more is on its
+		// way, so the next read takes twice as much.
+		b.grow(2 * len(b.buf))
 	case b.r+total > len(b.buf) || b.w == len(b.buf):
 		// The frame would run past the end: move it to the front.
 		b.w = copy(b.buf, b.buf[b.r:b.w])

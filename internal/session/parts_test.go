@@ -199,22 +199,22 @@ func TestInbufGrowsWithWhatArrives(t *testing.T) {
 	var b inbuf
 	b.init()
 	hdr := frame.AppendHeader(nil, 16<<20)
-	room := b.room()
+	room := b.room(false)
 	b.wrote(copy(room, hdr))
 	if _, err := b.next(16 << 20); !errors.Is(err, frame.ErrShort) {
 		t.Fatalf("next = %v", err)
 	}
-	if got := len(b.room()); got > smallBufSize {
+	if got := len(b.room(false)); got > smallBufSize {
 		t.Fatalf("a header alone gave a %d-byte buffer", got)
 	}
 	// Feed the frame in full reads: the buffer at most doubles per read.
 	sent := len(hdr)
 	for sent < 1<<20 {
-		r := b.room()
+		r := b.room(false)
 		before := len(b.buf)
 		b.wrote(len(r))
 		sent += len(r)
-		if next := len(b.room()) + b.w; next > max(4*before, bufClasses[0]) {
+		if next := len(b.room(false)) + b.w; next > max(4*before, bufClasses[0]) {
 			t.Fatalf("buffer grew from %d to %d after %d bytes", before, next, sent)
 		}
 	}
@@ -255,7 +255,7 @@ func FuzzInbuf(f *testing.F) {
 		var got [][]byte
 		var gotErr error
 		for pos := 0; pos < len(input) && gotErr == nil; {
-			room := b.room()
+			room := b.room(false)
 			if len(room) == 0 {
 				t.Fatal("room returned no space")
 			}

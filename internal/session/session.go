@@ -335,13 +335,23 @@ func (s *Session) flushBatch(ctx context.Context) error {
 // fill reads more bytes into the buffer, with the deadline that the
 // session's state calls for.
 func (s *Session) fill() error {
-	room := s.in.room()
+	linger := s.in.lingering()
+	room := s.in.room(linger)
 	s.notePartial()
 	for {
 		d := s.deadline()
+		rd := d
+		if linger {
+			// Keep the larger buffer only while the station keeps
+			// sending: a read that waits longer than bufLinger gives it
+			// back and goes on waiting on the small one.
+			if l := time.Now().Add(bufLinger); l.Before(d) {
+				rd = l
+			}
+		}
 		// An error here means the connection is closed (net.Pipe says so
 		// even when only the peer closed); the Read below reports how.
-		_ = s.conn.SetReadDeadline(d)
+		_ = s.conn.SetReadDeadline(rd)
 		// GoAway may have poked the deadline between deadline() and the
 		// set above; if so, the drain state is new and d may be stale.
 		if s.draining.Load() && !d.Equal(s.deadline()) {
@@ -356,11 +366,20 @@ func (s *Session) fill() error {
 			continue
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) && time.Now().Before(d) {
-			continue // woken early by GoAway: recompute the deadline
+			if linger {
+				linger = false
+				s.in.release()
+				room = s.in.room(false)
+			}
+			continue // the linger is over, or GoAway woke us: recompute the deadline
 		}
 		return err
 	}
 }
+
+// bufLinger is how long a session keeps its larger read buffer while the
+// station pauses.
+const bufLinger = 100 * time.Millisecond
 
 // notePartial starts the frame timer when a header has arrived without the
 // rest of its frame.

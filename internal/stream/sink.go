@@ -711,6 +711,21 @@ type msgBuilder struct {
 	station, session, seq, received, msgID []string
 	subjects                               map[string]string // station → subject
 	buf                                    []byte
+
+	// Ground-framing units (pipeline.Meta set) add headers and a subject
+	// token; ground is whether the map holds their headers now, so that a
+	// Meridian frame after one goes out exactly as before.
+	ground                                   bool
+	framing, link, crc                       []string
+	apid, seqCount, scid, vcid, mcCnt, vcCnt []string
+	sub                                      map[subKey]string // station and token → subject
+}
+
+// subKey names a sub-token subject in the cache.
+type subKey struct {
+	station string
+	kind    pipeline.MetaKind
+	n       uint16
 }
 
 func newMsgBuilder() *msgBuilder {
@@ -721,6 +736,16 @@ func newMsgBuilder() *msgBuilder {
 		received: make([]string, 1),
 		msgID:    make([]string, 1),
 		subjects: make(map[string]string),
+		framing:  make([]string, 1),
+		link:     make([]string, 1),
+		crc:      []string{"bad"},
+		apid:     make([]string, 1),
+		seqCount: make([]string, 1),
+		scid:     make([]string, 1),
+		vcid:     make([]string, 1),
+		mcCnt:    make([]string, 1),
+		vcCnt:    make([]string, 1),
+		sub:      make(map[subKey]string),
 	}
 	mb.msg.Header = nats.Header{
 		HeaderStation:  mb.station,
@@ -758,13 +783,99 @@ func (mb *msgBuilder) build(s *Sink, b *pipeline.Batch, i int, id uint64) *nats.
 	buf = f.Received.UTC().AppendFormat(buf, time.RFC3339Nano)
 	endRecv := len(buf)
 	buf = appendMsgID(buf, s.bootID, f.Session, f.Seq)
+	endID := len(buf)
+	if f.Meta.Framing != "" {
+		buf = mb.ground1(f, buf)
+	} else if mb.ground {
+		mb.meridian()
+	}
 	mb.buf = buf
 	all := string(buf)
 	mb.msg.Reply = all[:endReply]
 	mb.seq[0] = all[endReply:endSeq]
 	mb.received[0] = all[endSeq:endRecv]
-	mb.msgID[0] = all[endRecv:]
+	mb.msgID[0] = all[endRecv:endID]
+	if f.Meta.Framing != "" {
+		mb.groundValues(f, all[endID:])
+	}
 	return &mb.msg
+}
+
+// ground1 sets the subject and headers of a ground-framing unit, and appends
+// its numeric header values to buf (in the order groundValues slices them).
+func (mb *msgBuilder) ground1(f *pipeline.Frame, buf []byte) []byte {
+	h := mb.msg.Header
+	if !mb.ground {
+		h[HeaderFraming], h[HeaderLink] = mb.framing, mb.link
+		mb.ground = true
+	}
+	mb.framing[0], mb.link[0] = f.Meta.Framing, f.Meta.Link
+	for _, k := range [...]string{HeaderAPID, HeaderSeqCount, HeaderSCID, HeaderVCID, HeaderMCCount, HeaderVCCount, HeaderCRC} {
+		delete(h, k)
+	}
+	if f.Meta.CRCBad {
+		h[HeaderCRC] = mb.crc
+	}
+	var key subKey
+	switch f.Meta.Kind {
+	case pipeline.MetaPacket:
+		h[HeaderAPID], h[HeaderSeqCount] = mb.apid, mb.seqCount
+		buf = strconv.AppendUint(buf, uint64(f.Meta.APID), 10)
+		buf = append(buf, ' ')
+		buf = strconv.AppendUint(buf, uint64(f.Meta.Seq), 10)
+		key = subKey{f.Station, pipeline.MetaPacket, f.Meta.APID}
+	case pipeline.MetaFrame:
+		h[HeaderSCID], h[HeaderVCID], h[HeaderMCCount], h[HeaderVCCount] = mb.scid, mb.vcid, mb.mcCnt, mb.vcCnt
+		buf = strconv.AppendUint(buf, uint64(f.Meta.SCID), 10)
+		buf = append(buf, ' ')
+		buf = strconv.AppendUint(buf, uint64(f.Meta.VCID), 10)
+		buf = append(buf, ' ')
+		buf = strconv.AppendUint(buf, uint64(f.Meta.MCCount), 10)
+		buf = append(buf, ' ')
+		buf = strconv.AppendUint(buf, uint64(f.Meta.VCCount), 10)
+		key = subKey{f.Station, pipeline.MetaFrame, uint16(f.Meta.VCID)}
+	default:
+		return buf
+	}
+	subj, ok := mb.sub[key]
+	if !ok {
+		if len(mb.sub) >= 4096 {
+			clear(mb.sub)
+		}
+		if key.kind == pipeline.MetaPacket {
+			subj = SubjectAPID(f.Station, int(key.n))
+		} else {
+			subj = SubjectVC(f.Station, int(key.n))
+		}
+		mb.sub[key] = subj
+	}
+	mb.msg.Subject = subj
+	return buf
+}
+
+// groundValues points the numeric headers at their text in vals, which
+// ground1 appended separated by spaces.
+func (mb *msgBuilder) groundValues(f *pipeline.Frame, vals string) {
+	next := func() string {
+		v, rest, _ := strings.Cut(vals, " ")
+		vals = rest
+		return v
+	}
+	switch f.Meta.Kind {
+	case pipeline.MetaPacket:
+		mb.apid[0], mb.seqCount[0] = next(), next()
+	case pipeline.MetaFrame:
+		mb.scid[0], mb.vcid[0], mb.mcCnt[0], mb.vcCnt[0] = next(), next(), next(), next()
+	}
+}
+
+// meridian removes the ground-framing headers, for a Meridian frame after a
+// ground unit.
+func (mb *msgBuilder) meridian() {
+	for _, k := range [...]string{HeaderFraming, HeaderLink, HeaderAPID, HeaderSeqCount, HeaderSCID, HeaderVCID, HeaderMCCount, HeaderVCCount, HeaderCRC} {
+		delete(mb.msg.Header, k)
+	}
+	mb.ground = false
 }
 
 // MsgID is the Nats-Msg-Id of a frame: boot id, session and sequence number,

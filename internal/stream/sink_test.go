@@ -161,7 +161,8 @@ func TestResendHeldPublish(t *testing.T) {
 }
 
 // TestWriteHeldPublish: messages Write reserved but has not published yet
-// are never picked for a resend, even after a reconnect marked them; a
+// are never picked for a resend, even after a reconnect and an expiry
+// marked them (the reserve/resend race of the durable-path issue); a
 // PubAck that arrives while Write's publish is held is committed by Write
 // once the publish returned.
 func TestWriteHeldPublish(t *testing.T) {
@@ -177,9 +178,19 @@ func TestWriteHeldPublish(t *testing.T) {
 	}
 	<-f.held // Write holds the first of its two frames
 
+	// Both the reconnect and the expiry of their PubAck deadline mark
+	// them for a resend while Write still reads their batch.
+	later := time.Now().Add(2 * time.Hour) // past the 1h publish timeout
+	s.mu.Lock()
+	s.expireLocked(later)
+	expired := s.failed
+	s.mu.Unlock()
+	if expired != 2 {
+		t.Fatalf("%d messages expired, want both of Write's", expired)
+	}
 	s.resendFromReconnect()
 	s.mu.Lock()
-	work := s.markResendLocked(nil, time.Now())
+	work := s.markResendLocked(nil, later)
 	s.mu.Unlock()
 	if len(work) != 0 {
 		t.Fatalf("picked %d messages Write has not published for a resend", len(work))

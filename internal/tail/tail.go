@@ -58,11 +58,17 @@ type Options struct {
 	Stream  string // default TELEMETRY
 
 	Station string // identity (10.0.0.7, gs-eu-1.example.net) or subject token (10-0-0-7); "" = all
-	All     bool   // start with the first frame in the stream (of Station, if set)
-	Since   string // a duration back from now (90s, 36h, 7d) or an RFC 3339 time
-	Last    int    // start with the last N frames (of Station, if set)
-	Count   int    // exit after N frames; 0 = follow until ctx ends
-	Format  string // text (default), json, hex or raw
+	// VC and APID keep only the transfer frames of one virtual channel, or
+	// the space packets of one APID (subjects telemetry.<station>.vc<N>,
+	// telemetry.<station>.apid<N>), of Station or of every station. Nil:
+	// no such filter. They exclude each other.
+	VC     *int
+	APID   *int
+	All    bool   // start with the first frame in the stream (of Station, if set)
+	Since  string // a duration back from now (90s, 36h, 7d) or an RFC 3339 time
+	Last   int    // start with the last N frames (of Station, if set)
+	Count  int    // exit after N frames; 0 = follow until ctx ends
+	Format string // text (default), json, hex or raw
 
 	// Stderr receives Hint when tail follows from now (no All, Since or
 	// Last) and no frame came within HintAfter, once, and only if
@@ -121,18 +127,15 @@ func run(ctx context.Context, opts Options, w io.Writer) error {
 		// consumer this soon; nats.go's default would keep it 5 minutes.
 		InactiveThreshold: 5 * time.Second,
 	}
-	var filter string
-	if opts.Station != "" {
-		filter = stream.Subject(opts.Station)
-		ocfg.FilterSubjects = []string{filter}
-	}
+	filters := opts.filters()
+	ocfg.FilterSubjects = filters
 	switch {
 	case opts.All:
 		ocfg.DeliverPolicy = jetstream.DeliverAllPolicy
 	case start != nil:
 		ocfg.DeliverPolicy, ocfg.OptStartTime = jetstream.DeliverByStartTimePolicy, start
 	case opts.Last > 0:
-		seq, err := lastN(ctx, js, s, filter, uint64(opts.Last))
+		seq, err := lastN(ctx, js, s, filters, uint64(opts.Last))
 		if err != nil {
 			return err
 		}
@@ -246,6 +249,15 @@ func (o *Options) normalize(now time.Time) (*time.Time, error) {
 	if o.Count < 0 {
 		return nil, fmt.Errorf("%w: --count must not be negative", ErrUsage)
 	}
+	if o.VC != nil && o.APID != nil {
+		return nil, fmt.Errorf("%w: --vc and --apid exclude each other", ErrUsage)
+	}
+	if o.VC != nil && (*o.VC < 0 || *o.VC > 7) {
+		return nil, fmt.Errorf("%w: --vc %d is not a virtual channel id (0 to 7)", ErrUsage, *o.VC)
+	}
+	if o.APID != nil && (*o.APID < 0 || *o.APID > 2047) {
+		return nil, fmt.Errorf("%w: --apid %d is not an APID (0 to 2047)", ErrUsage, *o.APID)
+	}
 	if o.All && (o.Since != "" || o.Last > 0) {
 		return nil, fmt.Errorf("%w: --all, --since and --last exclude each other", ErrUsage)
 	}
@@ -264,6 +276,25 @@ func (o *Options) normalize(now time.Time) (*time.Time, error) {
 		return nil, fmt.Errorf("%w: --since %q is neither a duration (90s, 36h, 7d) nor an RFC 3339 time", ErrUsage, o.Since)
 	}
 	return &t, nil
+}
+
+// filters are the subject filters of the options; nil: the whole stream.
+// A station's own filter also takes its sub-token subjects
+// (telemetry.<station>.vc<N>, ...).
+func (o *Options) filters() []string {
+	station := o.Station
+	if station == "" {
+		station = "*"
+	}
+	switch {
+	case o.VC != nil:
+		return []string{stream.SubjectVC(station, *o.VC)}
+	case o.APID != nil:
+		return []string{stream.SubjectAPID(station, *o.APID)}
+	case o.Station != "":
+		return stream.StationFilters(o.Station)
+	}
+	return nil
 }
 
 // connect dials the server, with the data dir's token when no credentials
@@ -290,7 +321,7 @@ func (o *Options) connect() (*nats.Conn, error) {
 // remain. JetStream has no "n back" delivery, so it binary-searches the
 // sequence with the pending count of a short-lived probe consumer: about
 // log2(stream length) requests.
-func lastN(ctx context.Context, js jetstream.JetStream, s jetstream.Stream, filter string, n uint64) (uint64, error) {
+func lastN(ctx context.Context, js jetstream.JetStream, s jetstream.Stream, filters []string, n uint64) (uint64, error) {
 	info, err := s.Info(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("tail: stream info: %w", err)
@@ -303,9 +334,7 @@ func lastN(ctx context.Context, js jetstream.JetStream, s jetstream.Stream, filt
 			MemoryStorage:     true,
 			InactiveThreshold: 10 * time.Second, // in case the delete below is lost
 		}
-		if filter != "" {
-			cc.FilterSubject = filter
-		}
+		cc.FilterSubjects = filters
 		c, err := s.CreateConsumer(ctx, cc)
 		if err != nil {
 			return 0, fmt.Errorf("tail: probe consumer: %w", err)
@@ -354,7 +383,30 @@ type record struct {
 	Seq       uint64 `json:"seq"`
 	Received  string `json:"received"`
 	Size      int    `json:"size"`
-	Payload   []byte `json:"payload"`
+	// Ground-framing units only (docs/framing.md, section 9).
+	Link     string  `json:"link,omitempty"`
+	Framing  string  `json:"framing,omitempty"`
+	APID     *uint64 `json:"apid,omitempty"`
+	SeqCount *uint64 `json:"seq_count,omitempty"`
+	SCID     *uint64 `json:"scid,omitempty"`
+	VCID     *uint64 `json:"vcid,omitempty"`
+	MCCount  *uint64 `json:"mc_count,omitempty"`
+	VCCount  *uint64 `json:"vc_count,omitempty"`
+	CRC      string  `json:"crc,omitempty"`
+	Payload  []byte  `json:"payload"`
+}
+
+// groundFields are the optional headers the text line shows, in order.
+var groundFields = []struct {
+	header, name string
+	field        func(r *record) **uint64
+}{
+	{stream.HeaderAPID, "apid", func(r *record) **uint64 { return &r.APID }},
+	{stream.HeaderSeqCount, "seq_count", func(r *record) **uint64 { return &r.SeqCount }},
+	{stream.HeaderSCID, "scid", func(r *record) **uint64 { return &r.SCID }},
+	{stream.HeaderVCID, "vcid", func(r *record) **uint64 { return &r.VCID }},
+	{stream.HeaderMCCount, "mc_count", func(r *record) **uint64 { return &r.MCCount }},
+	{stream.HeaderVCCount, "vc_count", func(r *record) **uint64 { return &r.VCCount }},
 }
 
 func (wr *writer) write(m jetstream.Msg) error {
@@ -378,6 +430,14 @@ func (wr *writer) write(m jetstream.Msg) error {
 		Payload:  data,
 	}
 	r.Seq, _ = strconv.ParseUint(h.Get(stream.HeaderSeq), 10, 64)
+	r.Link, r.Framing, r.CRC = h.Get(stream.HeaderLink), h.Get(stream.HeaderFraming), h.Get(stream.HeaderCRC)
+	if r.Framing != "" {
+		for _, g := range groundFields {
+			if v, err := strconv.ParseUint(h.Get(g.header), 10, 64); err == nil {
+				*g.field(&r) = &v
+			}
+		}
+	}
 	if md, err := m.Metadata(); err == nil {
 		r.StreamSeq = md.Sequence.Stream
 	}
@@ -389,8 +449,20 @@ func (wr *writer) write(m jetstream.Msg) error {
 		_, err = wr.w.Write(append(b, '\n'))
 		return err
 	}
-	wr.line = fmt.Appendf(wr.line[:0], "stream_seq=%d received=%s station=%s session=%s seq=%d size=%d\n",
+	wr.line = fmt.Appendf(wr.line[:0], "stream_seq=%d received=%s station=%s session=%s seq=%d size=%d",
 		r.StreamSeq, r.Received, r.Station, r.Session, r.Seq, r.Size)
+	if r.Framing != "" {
+		wr.line = fmt.Appendf(wr.line, " link=%s framing=%s", r.Link, r.Framing)
+		for _, g := range groundFields {
+			if v := *g.field(&r); v != nil {
+				wr.line = fmt.Appendf(wr.line, " %s=%d", g.name, *v)
+			}
+		}
+		if r.CRC != "" {
+			wr.line = fmt.Appendf(wr.line, " crc=%s", r.CRC)
+		}
+	}
+	wr.line = append(wr.line, '\n')
 	if _, err := wr.w.Write(wr.line); err != nil {
 		return err
 	}

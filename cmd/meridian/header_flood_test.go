@@ -2,11 +2,9 @@ package main
 
 import (
 	"encoding/binary"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"regexp"
 	"strconv"
 	"testing"
@@ -87,15 +85,4 @@ func TestHeaderFloodAllocatesNothing(t *testing.T) {
 }
 
 // peakRSS is the process's peak resident memory (VmHWM).
-func peakRSS(t testing.TB, pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile(`VmHWM:\s+(\d+) kB`).FindSubmatch(b)
-	if m == nil {
-		t.Fatal("no VmHWM")
-	}
-	kb, _ := strconv.ParseInt(string(m[1]), 10, 64)
-	return kb * 1024
-}
+func peakRSS(t testing.TB, pid int) int64 { return procStatus(t, pid, "VmHWM") }

@@ -83,10 +83,20 @@ func childEnv() []string {
 
 func start(t *testing.T, args ...string) *child {
 	t.Helper()
+	return startWithStdout(t, nil, args...)
+}
+
+// startWithStdout is start with the child's stdout sent to w instead of a
+// buffer (a file such as /dev/full); nil keeps the buffer.
+func startWithStdout(t *testing.T, w io.Writer, args ...string) *child {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = childEnv()
 	c := &child{t: t, cmd: cmd, stderr: &syncBuffer{}, stdout: &syncBuffer{}, done: make(chan error, 1)}
 	cmd.Stderr, cmd.Stdout = c.stderr, c.stdout
+	if w != nil {
+		cmd.Stdout = w
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -514,14 +524,17 @@ func TestStdoutSinkAndHelp(t *testing.T) {
 }
 
 // rss reads a process's resident set size.
-func rss(t testing.TB, pid int) int64 {
+func rss(t testing.TB, pid int) int64 { return procStatus(t, pid, "VmRSS") }
+
+// procStatus reads a memory field of /proc/PID/status, in bytes.
+func procStatus(t testing.TB, pid int, field string) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`VmRSS:\s+(\d+) kB`).FindSubmatch(b)
+	m := regexp.MustCompile(field + `:\s+(\d+) kB`).FindSubmatch(b)
 	if m == nil {
-		t.Fatal("no VmRSS")
+		t.Fatalf("no %s", field)
 	}
 	var kb int64
 	fmt.Sscan(string(m[1]), &kb)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -157,12 +156,8 @@ func FuzzParseLinks(f *testing.F) {
 	f.Add("links: [{name: a, dial: \"x:1\", framing: ccsds-frame, asm: 0x1acf, frame-length: 8, fecf: true}]\n")
 	f.Add("links:\n  - &a {name: b, listen: \":2\"}\n  - *a\n")
 	f.Fuzz(func(t *testing.T, doc string) {
-		p := filepath.Join(t.TempDir(), "m.yaml")
-		if err := os.WriteFile(p, []byte(doc), 0o600); err != nil {
-			t.Fatal(err)
-		}
 		c := Default()
-		if err := applyFile(&c, p); err != nil {
+		if err := applyYAML(&c, "m.yaml", []byte(doc)); err != nil {
 			return
 		}
 		if c.Validate() != nil {
@@ -172,11 +167,8 @@ func FuzzParseLinks(f *testing.F) {
 		if err := Print(&out, c); err != nil {
 			t.Fatalf("Print: %v", err)
 		}
-		if err := os.WriteFile(p, out.Bytes(), 0o600); err != nil {
-			t.Fatal(err)
-		}
 		back := Default()
-		if err := applyFile(&back, p); err != nil {
+		if err := applyYAML(&back, "m.yaml", out.Bytes()); err != nil {
 			t.Fatalf("reading Print's output back: %v\n%s", err, out.String())
 		}
 		for i := range back.Links {
@@ -186,4 +178,32 @@ func FuzzParseLinks(f *testing.F) {
 			t.Fatalf("round trip changed the links\n got %+v\nwant %+v", back.Links, c.Links)
 		}
 	})
+}
+
+// TestFramingDocExample: the example config of docs/framing.md, section 1,
+// is valid, and says what the document says.
+func TestFramingDocExample(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/framing.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(doc), "```yaml\n")
+	example, _, ok2 := strings.Cut(rest, "```")
+	if !ok || !ok2 {
+		t.Fatal("no yaml example in docs/framing.md")
+	}
+	c, err := resolve(t, example, nil)
+	if err != nil {
+		t.Fatalf("the example is refused: %v\n%s", err, example)
+	}
+	var names []string
+	for _, l := range c.Links {
+		names = append(names, l.Name+"/"+l.Framing)
+	}
+	if got := strings.Join(names, " "); got != "xband/ccsds-frame fep/ccsds-packet cosmos/length-field stations-eu/meridian" {
+		t.Errorf("example links: %s", got)
+	}
+	if lf := c.Links[2].LengthField; lf.Offset != 8 || lf.Size != 2 || lf.Adjustment != 1 || lf.Strip != 4 || len(lf.Sync) != 4 {
+		t.Errorf("COSMOS example: %+v", lf)
+	}
 }

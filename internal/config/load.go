@@ -114,6 +114,11 @@ func applyFile(c *Config, file string) error {
 	if err != nil {
 		return fmt.Errorf("config file: %w", err)
 	}
+	return applyYAML(c, file, data)
+}
+
+// applyYAML is applyFile on data read from file.
+func applyYAML(c *Config, file string, data []byte) error {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	switch err := dec.Decode(&doc); {

@@ -225,12 +225,16 @@ func New(cfg Config, sink pipeline.Sink, log *slog.Logger, opts ...Option) (*Ser
 	go func() {
 		defer close(s.aggDone)
 		s.aggErr = s.agg.Run(s.forced)
-		if s.aggErr != nil && s.forced.Err() == nil {
-			// Every session now ends with its final ACK and CLOSE
-			// (internal error); the owner learns it from Failed and
-			// shuts the gateway down.
+	}()
+	go func() {
+		// Said when it happens, not when the shutdown it starts ends:
+		// every session now ends with its final ACK and CLOSE (internal
+		// error), and the owner, told by Failed, shuts the gateway down.
+		select {
+		case <-s.agg.Failed():
 			s.log.Error("sink failed: no more frames can be stored; ending every session and shutting down",
-				"err", s.aggErr, "frames_committed", s.agg.Stats().Committed)
+				"err", s.agg.Err(), "frames_committed", s.agg.Stats().Committed)
+		case <-s.aggDone:
 		}
 	}()
 	return s, nil

@@ -230,7 +230,7 @@ func (c *Conn) loop(ctx context.Context) (End, error) {
 		case goOn:
 		case EndFatal:
 			c.finish(ctx, start, end) // what is left is discarded
-			return stopWith, nil
+			return stopWith, c.flushBatch(ctx)
 		case EndCRC:
 			c.t[cDiscarded] += uint64(end - start) // read, never framed
 			return stopWith, nil
@@ -242,7 +242,10 @@ func (c *Conn) loop(ctx context.Context) (End, error) {
 			continue
 		}
 		if errors.Is(rerr, os.ErrDeadlineExceeded) && c.draining.Load() && time.Now().UnixNano() >= c.drainAt.Load() {
-			c.finish(ctx, start, end)
+			c.finish(ctx, start, end) // a unit in progress is cut short
+			if qerr := c.flushBatch(ctx); qerr != nil {
+				return EndSinkFailed, qerr
+			}
 			return EndShutdown, nil
 		}
 		if errors.Is(rerr, os.ErrDeadlineExceeded) {

@@ -139,6 +139,7 @@ type SinkStats struct {
 	Outages   uint64    // episodes of the stream not taking frames
 	Resent    uint64    // frames sent again after a failed or missing PubAck
 	Timeouts  uint64    // PubAcks that did not arrive within the timeout
+	InProcess uint64    // resends answered "original still in process" (10158): waited for, not outages
 }
 
 // Stats returns a snapshot of the counters.
@@ -433,6 +434,20 @@ func (s *Sink) onAck(m *nats.Msg) {
 		s.mu.Unlock()
 		return
 	}
+	if errors.Is(ackErr, errMsgIDInProcess) {
+		// The original of this resend is still being stored (a replicated
+		// stream, after a reconnect): its PubAck comes to this same reply
+		// subject. Not an outage; should it never come, the deadline the
+		// resend set expires and the message is sent once more, then as a
+		// plain duplicate.
+		s.stats.InProcess++
+		if sl.deadline.IsZero() {
+			sl.deadline = time.Now().Add(s.timeout)
+			s.failed--
+		}
+		s.mu.Unlock()
+		return
+	}
 	if ackErr != nil {
 		if !sl.deadline.IsZero() {
 			sl.deadline = time.Time{}
@@ -701,8 +716,20 @@ func pubAckError(m *nats.Msg) error {
 	if err := json.Unmarshal(m.Data, &r); err != nil || r.Error == nil {
 		return fmt.Errorf("%w: unreadable reply %q", ErrPubAck, m.Data)
 	}
+	if r.Error.ErrorCode == jsErrCodeMsgIDInProcess {
+		return fmt.Errorf("%w: %w", errMsgIDInProcess, r.Error)
+	}
 	return fmt.Errorf("%w: %w", ErrPubAck, r.Error)
 }
+
+// jsErrCodeMsgIDInProcess is JetStream's 409 "duplicate message id is in
+// process" (nats-server's JSStreamDuplicateMessageConflict, err_code
+// 10158): a message with this Nats-Msg-Id is being stored right now.
+const jsErrCodeMsgIDInProcess jetstream.ErrorCode = 10158
+
+// errMsgIDInProcess marks a PubAck error that is no refusal: the original
+// of a resent message is still in process.
+var errMsgIDInProcess = errors.New("stream: the original of this resend is still being stored")
 
 // msgBuilder fills one reusable message. The header map and its value slices
 // are reused: PublishMsg serialises them before it returns.

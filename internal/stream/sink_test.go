@@ -255,3 +255,55 @@ func fakeSinkNoLoop(t *testing.T) *Sink {
 	}
 	return s
 }
+
+// TestMsgIDInProcessIsNoOutage: after a reconnect, a resend whose original
+// is still being stored (a replicated stream) gets 409 err_code 10158. That
+// is no refusal of the stream: no outage opens and none is counted; the
+// original's PubAck, on the same reply subject, commits the frame. (One
+// node lost in a 3-node cluster under load gave 653 outage warnings within
+// 10 ms when each such reply opened one.)
+func TestMsgIDInProcessIsNoOutage(t *testing.T) {
+	f := newFakePub()
+	s := fakeSink(t, f)
+	rec := newRecorder()
+	agg := runAggregator(t, s, 16)
+	fd := newFeeder("10.9.8.7", 1, rec)
+	fd.per = 1
+	if err := fd.feed(context.Background(), agg, 1); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the first publish", func() bool { return f.count() == 1 })
+	s.resendFromReconnect()
+	eventually(t, "the resend", func() bool { return f.count() == 2 })
+
+	inProcess := &nats.Msg{Subject: fakePrefix + "1", Data: []byte(
+		`{"error":{"code":409,"err_code":10158,"description":"duplicate message id is in process"}}`)}
+	for range 5 {
+		s.onAck(inProcess)
+	}
+	st := s.Stats()
+	if st.Down || st.Outages != 0 || st.InProcess != 5 {
+		t.Fatalf("after five in-process replies: %+v; want no outage and 5 counted", st)
+	}
+	if err := s.Check(); err != nil {
+		t.Fatalf("Check = %v: an in-process reply is no outage", err)
+	}
+	if rec.count() != 0 {
+		t.Fatal("committed on an in-process reply")
+	}
+	s.onAck(pubAck("1")) // the original's PubAck
+	eventually(t, "the commit", func() bool { return rec.count() == 1 })
+
+	// A real refusal still opens an outage.
+	if err := fd.feed(context.Background(), agg, 1); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the second frame's publish", func() bool { return f.count() == 3 })
+	s.onAck(&nats.Msg{Subject: fakePrefix + "2", Data: []byte(
+		`{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}`)})
+	if st := s.Stats(); !st.Down || st.Outages != 1 {
+		t.Fatalf("after a refusal: %+v; want an outage", st)
+	}
+	s.onAck(pubAck("2")) // the stream takes it after all
+	eventually(t, "the second commit", func() bool { return rec.count() == 2 })
+}

@@ -75,6 +75,7 @@ type QueueStatus struct {
 	Depth      int64         // frames waiting now
 	Capacity   int64         // frames it holds at most
 	BlockedFor time.Duration // cumulative time sessions waited on a full queue
+	Waiting    int64         // sessions waiting on a full queue right now
 }
 
 // Source is what the board reads. Its functions are called from the
@@ -131,7 +132,7 @@ type Board struct {
 	gone     []*track      // ended sessions, oldest first; at most opts.MaxGone
 	sampled  bool          // Sample ran at least once
 	blocked  time.Duration // queue BlockedFor at the last sample
-	pressed  bool          // BlockedFor grew between the last two samples
+	pressed  bool          // a session waited on the queue at, or since, the last sample
 	stream   string        // stream state at the last observation
 	streamAt time.Time     // when stream state last changed, as observed
 }
@@ -193,7 +194,9 @@ func (b *Board) Sample(now time.Time) {
 
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.pressed = b.sampled && q.BlockedFor > b.blocked
+	// Pushed back: a session waits on the queue now, or waited since the
+	// last sample (BlockedFor grows only when a wait ends).
+	b.pressed = q.Waiting > 0 || (b.sampled && q.BlockedFor > b.blocked)
 	b.blocked = q.BlockedFor
 	b.sampled = true
 	b.observeStreamLocked(now, st, q)

@@ -35,7 +35,7 @@ func newBoard(gwOf func() *gateway.Server, strmOf func() *stream.Stream) *board.
 			}
 			agg := gw.Aggregator()
 			st := agg.Stats()
-			return board.QueueStatus{Depth: st.Depth, Capacity: int64(agg.Limit()), BlockedFor: st.BlockedFor}
+			return board.QueueStatus{Depth: st.Depth, Capacity: int64(agg.Limit()), BlockedFor: st.BlockedFor, Waiting: st.Waiting}
 		},
 		Stream: func() board.StreamStatus {
 			strm := strmOf()

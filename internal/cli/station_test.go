@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -85,9 +87,7 @@ func TestStationInputs(t *testing.T) {
 func TestStationErrors(t *testing.T) {
 	stationLeakCheck(t)
 	gw := gatewaytest.Start(t, gatewaytest.Config(), sink.NewMemory())
-	down := gatewaytest.Start(t, gatewaytest.Config(), sink.NewMemory())
-	downAddr := down.Addr
-	down.Server.Close()
+	downAddr := closedPort(t)
 	refused := gatewaytest.Start(t, gatewaytest.Config(), sink.NewMemory(),
 		gateway.WithAllow(func(string) bool { return false }))
 
@@ -114,4 +114,25 @@ func TestStationErrors(t *testing.T) {
 	f("", []string{"--addr", gw.Addr, "--in", "xml"}, true, "--in")
 	f("", []string{"--addr", gw.Addr, "--count", "1", "--size", "0"}, true, "--size")
 	f("", []string{"--addr", gw.Addr, "--window", "0"}, true, "window")
+}
+
+// closedPort returns a loopback address where nothing listens, and that
+// stays so for the test: a TCP socket bound to it, never listening, holds
+// the port. (A port merely freed can be picked as a dialer's own ephemeral
+// port, and a loopback connect to it then succeeds, connected to itself.)
+func closedPort(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
 }

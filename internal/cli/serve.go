@@ -46,6 +46,13 @@ listening or dialing out, each with its own framing, CRC policy, limits, TLS
 and allow-list) and extra Meridian listeners are set only in the config
 file's links: list; see docs/framing.md. --print-config prints them.
 
+Start-up: the ops listener (--http-listen) opens first, with /readyz 503
+"starting" while the stream opens; a store that must recover after a crash
+takes as long as it takes (progress is logged, and systemd's start timeout
+is extended), and READY is sent only once the stream takes frames.
+
+The station board is at http://<--http-listen>/ (loopback by default).
+
 Signals:
   SIGINT, SIGTERM  graceful shutdown: stop accepting, GOAWAY to every session
                    (spread over --lame-duck on SIGTERM), drain for at most
@@ -53,9 +60,11 @@ Signals:
                    --shutdown-grace. A second signal forces the exit.
   SIGHUP           reload the TLS certificate, key and client CA.
 
-Exit status: 0 after a clean shutdown; 1 on a runtime failure or a forced
-shutdown (the log says how many frames were abandoned); 2 on a configuration
-error (bad flag, environment, file, or a stream that conflicts with the flags).`,
+Exit status: 0 after a clean shutdown; 1 on a runtime failure (the sink
+failed, or the station listener failed for good: both end the sessions
+gracefully first) or a forced shutdown (the log says how many frames were
+abandoned); 2 on a configuration error (bad flag, environment, file, or a
+stream that conflicts with the flags).`,
 		Args: cobra.NoArgs,
 	}
 	config.BindFlags(cmd.Flags())

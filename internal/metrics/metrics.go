@@ -278,6 +278,9 @@ type StreamStats struct {
 	Outages  uint64 // episodes of the stream not taking frames
 	Resent   uint64 // publishes retried (same Nats-Msg-Id)
 	Timeouts uint64 // PubAcks that did not come within the publish timeout
+	// Duplicates counts resent frames JetStream dropped because their
+	// original was stored (PubAck "duplicate": true).
+	Duplicates uint64
 }
 
 // Stream registers the durable sink's metrics, read from stats at scrape
@@ -312,6 +315,10 @@ func (m *Metrics) Stream(stats func() StreamStats) {
 			Namespace: namespace, Name: "stream_ack_timeouts_total",
 			Help: "PubAcks that did not arrive within the publish timeout.",
 		}, func() float64 { return float64(stats().Timeouts) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: namespace, Name: "stream_duplicates_dropped_total",
+			Help: "Resent frames JetStream dropped because their original was stored (same Nats-Msg-Id).",
+		}, func() float64 { return float64(stats().Duplicates) }),
 	)
 }
 

@@ -133,13 +133,14 @@ type publisher interface {
 
 // SinkStats are the sink's counters, for metrics.
 type SinkStats struct {
-	Unacked   int       // frames published and waiting for their PubAck
-	Down      bool      // the stream is not taking frames; Write is holding back
-	DownSince time.Time // when the current outage began; zero while the stream takes frames
-	Outages   uint64    // episodes of the stream not taking frames
-	Resent    uint64    // frames sent again after a failed or missing PubAck
-	Timeouts  uint64    // PubAcks that did not arrive within the timeout
-	InProcess uint64    // resends answered "original still in process" (10158): waited for, not outages
+	Unacked    int       // frames published and waiting for their PubAck
+	Down       bool      // the stream is not taking frames; Write is holding back
+	DownSince  time.Time // when the current outage began; zero while the stream takes frames
+	Outages    uint64    // episodes of the stream not taking frames
+	Resent     uint64    // frames sent again after a failed or missing PubAck
+	Timeouts   uint64    // PubAcks that did not arrive within the timeout
+	InProcess  uint64    // resends answered "original still in process" (10158): waited for, not outages
+	Duplicates uint64    // sends JetStream dropped as duplicates of a stored frame (PubAck "duplicate": true)
 }
 
 // Stats returns a snapshot of the counters.
@@ -459,6 +460,11 @@ func (s *Sink) onAck(m *nats.Msg) {
 	}
 	if sl.deadline.IsZero() {
 		s.failed-- // a PubAck of an earlier send arrived after all
+	}
+	if bytes.Contains(m.Data, []byte(`"duplicate":true`)) {
+		// JetStream recognised the Nats-Msg-Id and dropped this copy: a
+		// resend whose original was stored after all.
+		s.stats.Duplicates++
 	}
 	if sl.busy {
 		// Its frame is being read for a publish: whoever marked it busy

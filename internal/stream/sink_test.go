@@ -293,6 +293,12 @@ func TestMsgIDInProcessIsNoOutage(t *testing.T) {
 	}
 	s.onAck(pubAck("1")) // the original's PubAck
 	eventually(t, "the commit", func() bool { return rec.count() == 1 })
+	// The resend's own PubAck, had it come first, says it was a duplicate;
+	// late, it changes nothing but the count of dropped duplicates.
+	s.onAck(&nats.Msg{Subject: fakePrefix + "1", Data: []byte(`{"stream":"TELEMETRY","seq":1,"duplicate":true}`)})
+	if st := s.Stats(); st.Duplicates != 0 {
+		t.Fatalf("a late duplicate PubAck of a freed slot was counted: %+v", st)
+	}
 
 	// A real refusal still opens an outage.
 	if err := fd.feed(context.Background(), agg, 1); err != nil {
@@ -306,4 +312,27 @@ func TestMsgIDInProcessIsNoOutage(t *testing.T) {
 	}
 	s.onAck(pubAck("2")) // the stream takes it after all
 	eventually(t, "the second commit", func() bool { return rec.count() == 2 })
+}
+
+// TestDuplicatePubAckCounted: the PubAck of a resend whose original was
+// stored after all says "duplicate": the frame is committed once, and the
+// dropped copy is counted (meridian_stream_duplicates_dropped_total).
+func TestDuplicatePubAckCounted(t *testing.T) {
+	f := newFakePub()
+	s := fakeSink(t, f)
+	rec := newRecorder()
+	agg := runAggregator(t, s, 16)
+	fd := newFeeder("10.9.8.7", 1, rec)
+	fd.per = 1
+	if err := fd.feed(context.Background(), agg, 1); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the first publish", func() bool { return f.count() == 1 })
+	s.resendFromReconnect()
+	eventually(t, "the resend", func() bool { return f.count() == 2 })
+	s.onAck(&nats.Msg{Subject: fakePrefix + "1", Data: []byte(`{"stream":"TELEMETRY","seq":1,"duplicate":true}`)})
+	eventually(t, "the commit", func() bool { return rec.count() == 1 })
+	if st := s.Stats(); st.Duplicates != 1 || st.Down {
+		t.Fatalf("stats %+v, want one duplicate counted and no outage", st)
+	}
 }

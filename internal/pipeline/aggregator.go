@@ -24,8 +24,8 @@ var (
 type Stats struct {
 	Queued     uint64        // frames ever put into the queue
 	Committed  uint64        // frames committed by the sink
-	Depth      int64         // frames waiting in the queue right now
-	DepthBytes int64         // bytes of the batches waiting in the queue right now
+	Depth      int64         // frames queued and not yet taken by the sink right now
+	DepthBytes int64         // bytes of those frames' batches
 	Waiting    int64         // Puts blocked on a full queue right now: sessions pushed back
 	BlockedFor time.Duration // summed over Puts that waited and got room or gave up
 }
@@ -263,11 +263,13 @@ func (a *Aggregator) run(ctx context.Context) error {
 			units += n
 			bytes += m
 		}
+		// Taken off the queue now; their room is given back only once the
+		// sink has them, so the bounds cover what Write holds too.
+		a.depth.Add(-frames)
+		a.depthBytes.Add(-bytes)
 		err := a.sink.Write(ctx, batches)
 		a.frames.Release(units)
 		a.bytes.Release(bytes)
-		a.depth.Add(-frames)
-		a.depthBytes.Add(-bytes)
 		clear(batches)
 		if err != nil {
 			return err

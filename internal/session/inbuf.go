@@ -98,11 +98,10 @@ func (b *inbuf) room(keep bool) []byte {
 		total = frame.HeaderSize + int(l) // next has bounded l by the maximum
 	}
 	switch {
-	case b.full && total > len(b.buf):
-		b.grow(min(total, 2*len(b.buf)))
 	case b.full && len(b.buf) < bufClasses[len(bufClasses)-1]:
 		// A full read in the middle of a stream of frames: more is on its
-		// way, so the next read takes twice as much.
+		// way, so the next read takes twice as much. Within the pooled
+		// sizes only: the read just filled len(b.buf) bytes.
 		b.grow(2 * len(b.buf))
 	case b.r+total > len(b.buf) || b.w == len(b.buf):
 		// The frame would run past the end: move it to the front.
@@ -110,7 +109,11 @@ func (b *inbuf) room(keep bool) []byte {
 		b.r = 0
 	}
 	if b.w == len(b.buf) {
-		b.grow(2 * len(b.buf)) // a full buffer whose frame is not whole
+		// Full of this frame's own bytes (its start is at the front):
+		// grow by them, towards the frame's size. Beyond the pooled sizes
+		// this is the only growth, so a buffer of the session's own holds
+		// at most twice what arrived of the frame in progress.
+		b.grow(min(total, 2*len(b.buf)))
 	}
 	return b.buf[b.w:]
 }

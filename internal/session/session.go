@@ -472,16 +472,8 @@ func (s *Session) finish(ctx context.Context, reason frame.Reason, graceful bool
 			graceful = false
 		}
 	}
-	d := s.ctl.close()
-	if graceful && d.usable && ctx.Err() == nil {
-		out := s.ctl.buffer()
-		if d.goAway {
-			out = frame.AppendGoAway(out) // the drain ended before the writer ran
-		}
-		out = frame.AppendAck(out, s.commits.acked.Load())
-		if reason.Wire() {
-			out = frame.AppendClose(out, reason, reason.Text())
-		}
+	out, usable := s.ctl.close(s.commits.acked.Load(), reason)
+	if graceful && usable && ctx.Err() == nil {
 		_ = s.conn.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 		if _, err := s.conn.Write(out); err != nil {
 			s.log.Debug("final ACK not delivered", "err", err)

@@ -121,7 +121,7 @@ func (w *controlWriter) run() {
 			w.mu.Unlock()
 			return
 		}
-		out, wait := w.gatherLocked(time.Now())
+		out, wait, acks, hbs := w.gatherLocked(time.Now())
 		if len(out) == 0 {
 			idle := wait == 0
 			if idle && !w.acking {
@@ -177,6 +177,13 @@ func (w *controlWriter) run() {
 			w.log.Warn("station not reading; control frames dropped from now on", "err", err)
 			return
 		}
+		// Counted once written, not when queued.
+		for range acks {
+			w.obs.AckSent()
+		}
+		for range hbs {
+			w.obs.HeartbeatSent()
+		}
 		w.mu.Lock()
 		if w.hbTimer != nil {
 			w.hbTimer.Reset(w.heartbeat) // any write proves we are alive
@@ -188,7 +195,7 @@ func (w *controlWriter) run() {
 // gatherLocked appends the due control frames to the writer's buffer. When
 // an ACK is due but falls inside the coalescing interval, it returns how
 // long to wait for it instead.
-func (w *controlWriter) gatherLocked(now time.Time) (out []byte, wait time.Duration) {
+func (w *controlWriter) gatherLocked(now time.Time) (out []byte, wait time.Duration, acks, hbs int) {
 	out = w.buf[:0]
 	if w.goAwayDue {
 		w.goAwayDue = false
@@ -201,31 +208,27 @@ func (w *controlWriter) gatherLocked(now time.Time) (out []byte, wait time.Durat
 			out = frame.AppendAck(out, ack)
 			w.ackSent, w.lastAckAt = ack, now
 			w.acking = true
-			w.obs.AckSent()
+			acks++
 		}
 	}
 	if w.hbDue {
 		w.hbDue = false
 		if len(out) == 0 { // any other frame already shows we are alive
 			out = frame.AppendHeartbeat(out)
-			w.obs.HeartbeatSent()
+			hbs++
 		}
 	}
-	return out, wait
+	return out, wait, acks, hbs
 }
 
-// due is what the session still owes the station when the writer stops.
-type due struct {
-	goAway bool // a GOAWAY was queued and never written
-	// usable is false once a write failed: the stream to the station may
-	// hold half a frame, so nothing more may be written.
-	usable bool
-}
-
-// close stops the writer: it waits for a write in progress, stops the
-// timers, and returns what is still due. The caller owns the socket's
-// write side afterwards; a later goAway or kick does nothing.
-func (w *controlWriter) close() due {
+// close stops the writer: it waits for a write in progress and stops the
+// timers. It returns what is still due to the station, for the session to
+// write itself now that it owns the socket's write side: a GOAWAY queued
+// and never written, the final ACK of ack frames, and the CLOSE of reason
+// when the reason is one the protocol announces. usable is false once a
+// write failed: the stream to the station may then hold half a frame, and
+// nothing more may be written. A later goAway or kick does nothing.
+func (w *controlWriter) close(ack uint64, reason frame.Reason) (due []byte, usable bool) {
 	w.mu.Lock()
 	w.closed = true
 	w.mu.Unlock()
@@ -239,14 +242,14 @@ func (w *controlWriter) close() due {
 	if w.hbTimer != nil {
 		w.hbTimer.Stop()
 	}
-	d := due{goAway: w.goAwayDue, usable: !w.broken}
-	w.goAwayDue = false
-	return d
-}
-
-// buffer lends the writer's buffer to the final write, after close.
-func (w *controlWriter) buffer() []byte {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf[:0]
+	due = w.buf[:0]
+	if w.goAwayDue {
+		due = frame.AppendGoAway(due) // the drain ended before the writer ran
+		w.goAwayDue = false
+	}
+	due = frame.AppendAck(due, ack)
+	if reason.Wire() {
+		due = frame.AppendClose(due, reason, reason.Text())
+	}
+	return due, !w.broken
 }

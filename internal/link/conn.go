@@ -16,10 +16,13 @@ import (
 	"github.com/meridian-telemetry/meridian/internal/pipeline"
 )
 
-// MinBuffer is the smallest read buffer of a connection. A decoder needs
-// only MaxUnit bytes, but reading 1,119-byte CADUs one read at a time would
-// cost a system call per unit; the buffer is fixed per connection either way.
+// MinBuffer is how far a connection's read buffer grows at least, when
+// data keeps filling it. A decoder needs only MaxUnit bytes, but reading
+// 1,119-byte CADUs one read at a time would cost a system call per unit.
 const MinBuffer = 64 << 10
+
+// startBuffer is a connection's read buffer before anything arrived.
+const startBuffer = 4 << 10
 
 // End says why a connection's reader stopped. The values are stable log
 // words.
@@ -197,18 +200,31 @@ func (c *Conn) Run(ctx context.Context) End {
 }
 
 func (c *Conn) loop(ctx context.Context) (End, error) {
-	c.buf = make([]byte, max(c.dec.MaxUnit(), MinBuffer))
+	// The buffer starts small and grows only with what arrives: by
+	// doubling after a read that filled it, up to the largest unit the
+	// framing allows (or MinBuffer). A connection that sends nothing, or a
+	// header announcing a large unit and nothing more, costs the small one.
+	full := max(c.dec.MaxUnit(), MinBuffer)
+	c.buf = make([]byte, min(full, startBuffer))
 	start, end := 0, 0
+	filled := false // the last read filled all the room it had
 	for {
 		if start == end {
 			start, end = 0, 0
-		} else if len(c.buf)-end < c.dec.MaxUnit() {
+		} else if len(c.buf)-end < min(c.dec.MaxUnit(), len(c.buf)) || end == len(c.buf) {
 			// What is left is less than one unit (the decoders make
 			// progress on a full MaxUnit): move it to the front.
 			end = copy(c.buf, c.buf[start:end])
 			start = 0
 		}
+		if filled && len(c.buf) < full {
+			nb := make([]byte, min(full, 2*len(c.buf)))
+			end = copy(nb, c.buf[start:end])
+			start, c.buf = 0, nb
+		}
+		room := len(c.buf) - end
 		n, rerr := c.read(end)
+		filled = n == room
 		end += n
 		c.t[cBytes] += uint64(n)
 		// Decode everything that arrived before looking at the error: the
@@ -224,6 +240,7 @@ func (c *Conn) loop(ctx context.Context) (End, error) {
 			stopWith = c.account(ctx, r, c.buf[start-r.N:])
 		}
 		if qerr := c.flushBatch(ctx); qerr != nil {
+			c.abandon(start, end)
 			return EndSinkFailed, qerr
 		}
 		switch stopWith {
@@ -234,7 +251,8 @@ func (c *Conn) loop(ctx context.Context) (End, error) {
 		case EndCRC:
 			c.t[cDiscarded] += uint64(end - start) // read, never framed
 			return stopWith, nil
-		default:
+		default: // EndSinkFailed: the queue refused a batch
+			c.abandon(start, end)
 			return stopWith, nil
 		}
 		c.flushCounts()
@@ -258,8 +276,37 @@ func (c *Conn) loop(ctx context.Context) (End, error) {
 			}
 			return EndEOF, nil
 		}
+		c.abandon(start, end) // a forced stop, a reset: what is left is never stored
 		return EndReadError, rerr
 	}
+}
+
+// abandon accounts for what is left in the buffer when the connection ends
+// without storing it (the queue refused a batch, a forced stop, a read
+// error): whole units are counted as read and never queued (Unqueued, which
+// a forced stop reports as abandoned), the rest as discarded bytes, so that
+// every byte read stays accounted for.
+func (c *Conn) abandon(start, end int) {
+	for start < end {
+		r := c.dec.Decode(c.buf[start:end])
+		if r.N == 0 {
+			break // more needed, or a fatal header: the rest is discarded
+		}
+		start += r.N
+		c.t[cDiscarded] += uint64(r.Discarded)
+		switch {
+		case r.Reject != framing.RejectNone:
+			c.t[cBad]++
+			c.t[rejectCounter(r.Reject)]++
+			if r.Reject == framing.RejectCRC && r.Unit != nil && c.cfg.CRC == PolicyFlag {
+				c.unqueued++
+			}
+		case r.Unit != nil:
+			c.t[cGood]++
+			c.unqueued++
+		}
+	}
+	c.t[cDiscarded] += uint64(end - start)
 }
 
 // read reads into c.buf[at:] within the drain deadline, if any. No other
@@ -418,6 +465,9 @@ func (c *Conn) flushBatch(ctx context.Context) error {
 	frames, bytes, last := b.Len(), b.Bytes, b.Frames[b.Len()-1].Received
 	if err := c.queue.Put(ctx, b); err != nil {
 		c.unqueued += uint64(frames)
+		// Counted as stored by store, in this same read's tally (a batch
+		// never outlives the read that filled it): take them back.
+		c.t[cStored] -= uint64(frames)
 		b.Release()
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"sync"
@@ -21,14 +22,18 @@ import (
 type fakeQueue struct {
 	mu     sync.Mutex
 	err    error
+	accept int // with err set: batches accepted before Put fails
 	frames []pipeline.Frame
 }
 
 func (q *fakeQueue) Put(_ context.Context, b *pipeline.Batch) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.err != nil {
+	if q.err != nil && q.accept == 0 {
 		return q.err
+	}
+	if q.accept > 0 {
+		q.accept--
 	}
 	for _, f := range b.Frames {
 		f.Payload = append([]byte(nil), f.Payload...)
@@ -137,8 +142,34 @@ func TestConnSinkFailed(t *testing.T) {
 	if end != EndSinkFailed {
 		t.Fatalf("end %s", end)
 	}
-	if c.Unqueued() == 0 || c.Stats().Frames != 0 {
-		t.Errorf("unqueued %d, stored %d", c.Unqueued(), c.Stats().Frames)
+	if c.Unqueued() != 2 || c.Stats().Frames != 0 || c.Stats().Quality.Stored != 0 {
+		t.Errorf("unqueued %d, stored %d (quality %d); want 2 and 0", c.Unqueued(), c.Stats().Frames, c.Stats().Quality.Stored)
+	}
+}
+
+// When the queue refuses a batch in the middle of a read, every unit of
+// that read is accounted for exactly: those queued before are stored, the
+// refused batch and the units still undecoded in the buffer are unqueued
+// (a forced stop reports them abandoned), and the bytes add up.
+func TestConnQueueRefusedMidRead(t *testing.T) {
+	q := &fakeQueue{err: pipeline.ErrSinkFailed, accept: 1}
+	var in []byte
+	for i := range 20 {
+		in = append(in, u32(fmt.Sprintf("unit-%02d", i))...)
+	}
+	in = append(in, 0, 0, 0) // and the start of a header
+	end, c, _ := run(t, lengthLink(lengthfield.DefaultConfig()), q, in)
+	if end != EndSinkFailed {
+		t.Fatalf("end %s", end)
+	}
+	st := c.Stats()
+	queued := uint64(len(q.frames))
+	if queued != 4 || st.Quality.Stored != queued || c.Unqueued() != 20-queued {
+		t.Fatalf("queued %d, stored %d, unqueued %d; want 4, 4 and 16", queued, st.Quality.Stored, c.Unqueued())
+	}
+	// Every byte read is in a unit (20 × 11 bytes) or discarded (3).
+	if st.Quality.Bytes != uint64(len(in)) || st.Quality.Good != 20 || st.Quality.Discarded != 3 {
+		t.Fatalf("bytes %d good %d discarded %d; want %d, 20, 3", st.Quality.Bytes, st.Quality.Good, st.Quality.Discarded, len(in))
 	}
 }
 

@@ -47,16 +47,22 @@ type Dialer struct {
 
 // Run dials until ctx ends. Each connection is handed to serve, on Run's
 // goroutine, which returns once the connection has ended; Run then waits
-// Backoff.Min and dials again. A failed attempt is retried after
-// Backoff.Delay; an outage is logged once when it begins and once when it
-// ends. Run returns when ctx ends, without a goroutine left behind.
+// Backoff.Min and dials again, or longer (as after a failed attempt) when
+// the connection lasted less than Backoff.Max: equipment that accepts and
+// drops at once is retried with back-off, not every Backoff.Min. A failed
+// attempt is retried after Backoff.Delay; an outage is logged once when it
+// begins and once when it ends. Run returns when ctx ends, without a goroutine left behind.
 func (d *Dialer) Run(ctx context.Context, serve func(net.Conn)) {
 	timeout := d.Timeout
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}
 	nd := net.Dialer{Timeout: timeout}
+	// failed counts, in a row, dial failures and connections that ended
+	// within Backoff.Max: equipment that accepts and drops at once is no
+	// recovery, and must not be redialled every Backoff.Min in lockstep.
 	failed := 0
+	attempts := 0 // dials since the outage began; 0: no outage
 	wait := time.Duration(0)
 	t := time.NewTimer(0)
 	defer t.Stop()
@@ -78,17 +84,24 @@ func (d *Dialer) Run(ctx context.Context, serve func(net.Conn)) {
 				return
 			}
 			failed++
-			if failed == 1 {
+			attempts++
+			if attempts == 1 {
 				d.Log.Warn("link "+d.Name+": equipment unreachable; retrying", "link", d.Name, "dial", d.Addr, "err", err)
 			}
 			wait = d.Backoff.Delay(failed)
 			continue
 		}
-		if failed > 0 {
-			d.Log.Info("link "+d.Name+": connected again after "+strconv.Itoa(failed+1)+" attempts", "link", d.Name, "dial", d.Addr, "attempts", failed+1)
+		if attempts > 0 {
+			d.Log.Info("link "+d.Name+": connected again after "+strconv.Itoa(attempts+1)+" attempts", "link", d.Name, "dial", d.Addr, "attempts", attempts+1)
+			attempts = 0
 		}
-		failed = 0
+		began := time.Now()
 		serve(conn)
-		wait = d.Backoff.Min
+		if time.Since(began) >= d.Backoff.Max {
+			failed = 0
+		} else {
+			failed++
+		}
+		wait = d.Backoff.Delay(max(failed, 1))
 	}
 }

@@ -198,7 +198,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, cmd *cobra.
 		js := strm.Sink()
 		m.Stream(func() metrics.StreamStats {
 			st := js.Stats()
-			return metrics.StreamStats{Pending: st.Unacked, Down: st.Down, Outages: st.Outages, Resent: st.Resent, Timeouts: st.Timeouts, Duplicates: st.Duplicates}
+			return metrics.StreamStats{Pending: st.Unacked, Down: st.Down, Outages: st.Outages, Resent: st.Resent, Timeouts: st.Timeouts, Duplicates: st.Duplicates, InProcess: st.InProcess}
 		})
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)

@@ -281,6 +281,9 @@ type StreamStats struct {
 	// Duplicates counts resent frames JetStream dropped because their
 	// original was stored (PubAck "duplicate": true).
 	Duplicates uint64
+	// InProcess counts resends answered "duplicate message id is in
+	// process" (err_code 10158): waited for, no outage.
+	InProcess uint64
 }
 
 // Stream registers the durable sink's metrics, read from stats at scrape
@@ -319,6 +322,10 @@ func (m *Metrics) Stream(stats func() StreamStats) {
 			Namespace: namespace, Name: "stream_duplicates_dropped_total",
 			Help: "Resent frames JetStream dropped because their original was stored (same Nats-Msg-Id).",
 		}, func() float64 { return float64(stats().Duplicates) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: namespace, Name: "stream_resends_in_process_total",
+			Help: "Resends answered 'duplicate message id is in process' (err_code 10158): the original was still being stored; waited for, not an outage.",
+		}, func() float64 { return float64(stats().InProcess) }),
 	)
 }
 

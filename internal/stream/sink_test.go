@@ -263,18 +263,8 @@ func fakeSinkNoLoop(t *testing.T) *Sink {
 // node lost in a 3-node cluster under load gave 653 outage warnings within
 // 10 ms when each such reply opened one.)
 func TestMsgIDInProcessIsNoOutage(t *testing.T) {
-	f := newFakePub()
-	s := fakeSink(t, f)
-	rec := newRecorder()
-	agg := runAggregator(t, s, 16)
-	fd := newFeeder("10.9.8.7", 1, rec)
-	fd.per = 1
-	if err := fd.feed(context.Background(), agg, 1); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the first publish", func() bool { return f.count() == 1 })
-	s.resendFromReconnect()
-	eventually(t, "the resend", func() bool { return f.count() == 2 })
+	r := newResentOnce(t)
+	f, s, rec, agg, fd := r.f, r.s, r.rec, r.agg, r.fd
 
 	inProcess := &nats.Msg{Subject: fakePrefix + "1", Data: []byte(
 		`{"error":{"code":409,"err_code":10158,"description":"duplicate message id is in process"}}`)}
@@ -318,21 +308,37 @@ func TestMsgIDInProcessIsNoOutage(t *testing.T) {
 // stored after all says "duplicate": the frame is committed once, and the
 // dropped copy is counted (meridian_stream_duplicates_dropped_total).
 func TestDuplicatePubAckCounted(t *testing.T) {
-	f := newFakePub()
-	s := fakeSink(t, f)
-	rec := newRecorder()
-	agg := runAggregator(t, s, 16)
-	fd := newFeeder("10.9.8.7", 1, rec)
-	fd.per = 1
-	if err := fd.feed(context.Background(), agg, 1); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the first publish", func() bool { return f.count() == 1 })
-	s.resendFromReconnect()
-	eventually(t, "the resend", func() bool { return f.count() == 2 })
+	r := newResentOnce(t)
+	s, rec := r.s, r.rec
 	s.onAck(&nats.Msg{Subject: fakePrefix + "1", Data: []byte(`{"stream":"TELEMETRY","seq":1,"duplicate":true}`)})
 	eventually(t, "the commit", func() bool { return rec.count() == 1 })
 	if st := s.Stats(); st.Duplicates != 1 || st.Down {
 		t.Fatalf("stats %+v, want one duplicate counted and no outage", st)
 	}
+}
+
+// resentOnce is a fake sink whose first frame was published, then resent
+// after a reconnect, with neither send acknowledged yet.
+type resentOnce struct {
+	f   *fakePub
+	s   *Sink
+	rec *recorder
+	agg *pipeline.Aggregator
+	fd  *feeder
+}
+
+func newResentOnce(t *testing.T) *resentOnce {
+	t.Helper()
+	r := &resentOnce{f: newFakePub(), rec: newRecorder()}
+	r.s = fakeSink(t, r.f)
+	r.agg = runAggregator(t, r.s, 16)
+	r.fd = newFeeder("10.9.8.7", 1, r.rec)
+	r.fd.per = 1
+	if err := r.fd.feed(context.Background(), r.agg, 1); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the first publish", func() bool { return r.f.count() == 1 })
+	r.s.resendFromReconnect()
+	eventually(t, "the resend", func() bool { return r.f.count() == 2 })
+	return r
 }

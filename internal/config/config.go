@@ -195,6 +195,11 @@ func (c *Config) Validate() error {
 		bad("dedup-window", "must be positive")
 	} else if c.DedupWindow > c.RetentionMaxAge {
 		bad("dedup-window", "dedup-window (%s) must not exceed retention-max-age (%s)", c.DedupWindow, c.RetentionMaxAge)
+	} else if c.PublishTimeout > 0 && time.Duration(c.DedupWindow) < 2*c.PublishTimeout {
+		// A frame without a PubAck is resent after publish-timeout, and a
+		// resend after a reconnect or a second timeout comes later still:
+		// past the window JetStream would store it twice.
+		bad("dedup-window", "dedup-window (%s) must be at least twice publish-timeout (%s), or resent frames can be stored twice", c.DedupWindow, c.PublishTimeout)
 	}
 	if c.Sync != "always" {
 		if d, err := time.ParseDuration(c.Sync); err != nil || d <= 0 {

@@ -158,6 +158,8 @@ func TestErrors(t *testing.T) {
 	// The shutdown budget counts the frame a station may still be finishing
 	// at the drain deadline: 5s + 10s + 10s is not shorter than 25s, though
 	// drain plus lame duck alone would be.
+	f("dedup window shorter than two publish timeouts", "dedup-window: 8s\npublish-timeout: 5s\n", nil, nil, nil,
+		"dedup-window", "twice publish-timeout")
 	f("frame timeout in the shutdown budget", "drain-timeout: 5s\nframe-timeout: 10s\nlame-duck: 10s\nshutdown-grace: 25s\n",
 		nil, nil, nil, "shutdown-grace", "frame-timeout (10s)")
 

@@ -12,13 +12,10 @@ package main
 //	MERIDIAN_TEST_BOARD_PNG=$PWD/docs/board.png go test -run TestBoardInBrowser -v ./cmd/meridian
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math"
 	"os"
 	"os/exec"
@@ -127,20 +124,11 @@ func dialStation(t *testing.T, addr string, cfg *tls.Config) *tlsStation {
 	s := &tlsStation{t: t, conn: c, read: make(chan struct{})}
 	go func() {
 		defer close(s.read)
-		r := bufio.NewReader(c)
-		var hdr [4]byte
-		for {
-			if _, err := io.ReadFull(r, hdr[:]); err != nil {
-				return
-			}
-			p := make([]byte, binary.BigEndian.Uint32(hdr[:]))
-			if _, err := io.ReadFull(r, p); err != nil {
-				return
-			}
-			if ctl, err := frame.ParseControl(p); err == nil && ctl.Type == frame.TypeAck {
+		readControls(c, func(ctl frame.Control) {
+			if ctl.Type == frame.TypeAck {
 				s.acked.Store(ctl.Ack)
 			}
-		}
+		})
 	}()
 	t.Cleanup(func() { c.Close(); <-s.read })
 	return s

@@ -8,7 +8,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -147,20 +146,11 @@ func (s *frozenStation) run(addr string, frames, size int) {
 	readDone := make(chan struct{})
 	go func() {
 		defer close(readDone)
-		r := bufio.NewReader(c)
-		var hdr [4]byte
-		for {
-			if _, err := io.ReadFull(r, hdr[:]); err != nil {
-				return
-			}
-			p := make([]byte, binary.BigEndian.Uint32(hdr[:])&^(1<<31))
-			if _, err := io.ReadFull(r, p); err != nil {
-				return
-			}
-			if ctl, err := frame.ParseControl(p); err == nil && ctl.Type == frame.TypeAck {
+		readControls(c, func(ctl frame.Control) {
+			if ctl.Type == frame.TypeAck {
 				s.acked.Store(ctl.Ack)
 			}
-		}
+		})
 	}()
 	w := bufio.NewWriterSize(c, 256<<10)
 	for n := range frames {

@@ -175,22 +175,13 @@ func sendFrames(addr string, payloads [][]byte, stop <-chan struct{}) (acked uin
 	readDone := make(chan struct{})
 	go func() {
 		defer close(readDone)
-		r := bufio.NewReader(c)
-		var hdr [4]byte
-		for {
-			if _, err := io.ReadFull(r, hdr[:]); err != nil {
-				return
-			}
-			p := make([]byte, binary.BigEndian.Uint32(hdr[:]))
-			if _, err := io.ReadFull(r, p); err != nil {
-				return
-			}
-			if ctl, err := frame.ParseControl(p); err == nil && ctl.Type == frame.TypeAck {
+		readControls(c, func(ctl frame.Control) {
+			if ctl.Type == frame.TypeAck {
 				mu.Lock()
 				acked = ctl.Ack
 				mu.Unlock()
 			}
-		}
+		})
 	}()
 	for _, p := range payloads {
 		select {
@@ -209,6 +200,25 @@ func sendFrames(addr string, payloads [][]byte, stop <-chan struct{}) (acked uin
 	mu.Lock()
 	defer mu.Unlock()
 	return acked, nil
+}
+
+// readControls reads gateway→station frames from r until the connection
+// fails or ends, and calls each with every control frame that parses.
+func readControls(r io.Reader, each func(frame.Control)) {
+	br := bufio.NewReader(r)
+	var hdr [4]byte
+	for {
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			return
+		}
+		p := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+		if _, err := io.ReadFull(br, p); err != nil {
+			return
+		}
+		if ctl, err := frame.ParseControl(p); err == nil {
+			each(ctl)
+		}
+	}
 }
 
 // waitMetrics scrapes the ops listener's /metrics until every line of want

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"encoding/binary"
-	"io"
 	"net"
 	"os"
 	"testing"
@@ -33,19 +31,11 @@ func TestSinkFailureExitsNonZero(t *testing.T) {
 	c.waitLog(`level=ERROR msg="sink failed: no more frames can be stored`)
 	_ = conn.SetReadDeadline(time.Now().Add(wait))
 	var last *frame.Control
-	for {
-		var hdr [4]byte
-		if _, err := io.ReadFull(conn, hdr[:]); err != nil {
-			break
-		}
-		p := make([]byte, binary.BigEndian.Uint32(hdr[:]))
-		if _, err := io.ReadFull(conn, p); err != nil {
-			break
-		}
-		if ctl, err := frame.ParseControl(p); err == nil && ctl.Type == frame.TypeClose {
+	readControls(conn, func(ctl frame.Control) {
+		if ctl.Type == frame.TypeClose {
 			last = &ctl
 		}
-	}
+	})
 	if last == nil || last.Reason != frame.ReasonInternalError {
 		t.Fatalf("station got CLOSE %v, want internal error", last)
 	}

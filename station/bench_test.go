@@ -11,9 +11,10 @@ import (
 	"github.com/meridian-telemetry/meridian/station"
 )
 
-// BenchmarkSend measures Send against a loopback peer that acknowledges
-// every read. Once the window's slots hold buffers, Send allocates nothing:
-// the frame copy goes into the slot of a frame already acknowledged.
+// BenchmarkSend measures Send (protocol v2, the default) against a loopback
+// peer that acknowledges every read. Once the window's slots hold buffers,
+// Send allocates nothing: the frame copy goes into the slot of a frame
+// already acknowledged.
 func BenchmarkSend(b *testing.B) {
 	for _, bc := range []struct {
 		name string
@@ -51,7 +52,9 @@ func BenchmarkSend(b *testing.B) {
 }
 
 // startAckPeer is a gateway stand-in that allocates nothing per frame, so
-// that the benchmark's allocation count is the client's.
+// that the benchmark's allocation count is the client's. It answers the
+// HELLO with a WELCOME resuming at its first frame; its ACKs, the count of
+// frames read, are then the sequence numbers v2 wants.
 func startAckPeer(b *testing.B) (addr string, stop func()) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -73,11 +76,19 @@ func startAckPeer(b *testing.B) (addr string, stop func()) {
 			have += n
 			off := 0
 			for {
-				_, m, serr := frame.Split(buf[off:have], station.DefaultMaxFrame)
+				p, m, ctl, serr := frame.SplitAny(buf[off:have], station.DefaultMaxFrame)
 				if serr != nil {
 					break
 				}
-				if m > frame.HeaderSize {
+				switch {
+				case ctl && len(p) > 0 && frame.CtlType(p[0]) == frame.CtlHello:
+					sc, err := frame.ParseStationControl(p)
+					if err != nil {
+						return
+					}
+					c.Write(frame.AppendWelcome(ack[:0], frame.Version2, sc.Hello.Epoch, sc.Hello.First))
+				case ctl: // PONG
+				case m > frame.HeaderSize:
 					count++
 				}
 				off += m

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -24,13 +25,22 @@ const writeBufSize = 128 << 10
 // unacknowledged ones on a new session after a disconnect. Its methods are
 // safe for concurrent use.
 //
-// Every frame gets a sequence number, from 1, in the order Send accepted it.
-// Acked is the number of frames, counted from the first, that the gateway's
-// sink has durably accepted; it never goes backwards, across sessions too.
+// Every frame gets a sequence number, from 1 (or WithFirstSeq), in the
+// order Send accepted it; the numbering is the client's epoch (Epoch). Acked
+// is the highest sequence number up to which the gateway's sink has durably
+// accepted every frame; it never goes backwards, across sessions too.
 type Client struct {
-	addr string
-	opts options
-	log  *slog.Logger
+	addr  string
+	opts  options
+	log   *slog.Logger
+	epoch uint64 // immutable after Dial
+	// epochGiven: the caller chose the epoch (WithEpoch), to resume a
+	// numbering of an earlier process; immutable after Dial.
+	epochGiven bool
+
+	// version is the protocol the next session speaks: 2, or 1 for a client
+	// configured for v1 or fallen back to it. Written by run only.
+	version atomic.Int32
 
 	// ctx ends the client's goroutines; cancelled when Close gives up
 	// waiting. Immutable after Dial.
@@ -41,24 +51,29 @@ type Client struct {
 	wake chan struct{} // capacity 1: "there is something to write"
 
 	// Lock-free mirrors of mu-guarded counters, for cheap progress reads.
-	sentA, ackedA, reconnects, resent atomic.Uint64
+	sentA, ackedA, reconnects, resent, skipped atomic.Uint64
 
 	mu sync.Mutex // guards the fields below
 	// ring holds the frames not yet acknowledged, framed (length prefix and
 	// payload): frame seq lives in ring[(seq-1)%window]. A slot's buffer is
 	// reused once its frame is acknowledged.
-	ring         [][]byte
-	sent         uint64        // highest sequence number handed to Send
-	acked        uint64        // frames acknowledged, cumulative
-	written      uint64        // highest sequence handed to the socket on this session
-	maxWritten   uint64        // highest sequence ever handed to a socket
-	closing      bool          // Close was called: Send refuses, the writer half-closes when done
-	err          error         // terminal: Send and WaitAcked return it
-	result       error         // what run ended with (nil: closed with everything acknowledged)
-	ackWait      chan struct{} // closed when acked grows or err is set; nil without waiters
-	flushes      []flushRec    // socket writes not fully acknowledged, oldest first (latency observer only)
-	lastProgress time.Time     // last ACK progress, or the write that started an unacknowledged run
-	wbuf         []byte        // the writer's batch buffer; only the current session's writer uses it
+	ring       [][]byte
+	sent       uint64 // highest sequence number handed to Send
+	acked      uint64 // frames acknowledged, cumulative
+	written    uint64 // highest sequence handed to the socket on this session
+	maxWritten uint64 // highest sequence ever handed to a socket
+	// storedThrough (v2, an epoch the caller gave): the stream holds the
+	// epoch up to here, beyond what this client has numbered yet: a
+	// restarted spool's frames that were stored but never acknowledged.
+	// Send completes them at once instead of sending them again.
+	storedThrough uint64
+	closing       bool          // Close was called: Send refuses, the writer half-closes when done
+	err           error         // terminal: Send and WaitAcked return it
+	result        error         // what run ended with (nil: closed with everything acknowledged)
+	ackWait       chan struct{} // closed when acked grows or err is set; nil without waiters
+	flushes       []flushRec    // socket writes not fully acknowledged, oldest first (latency observer only)
+	lastProgress  time.Time     // last ACK progress, or the write that started an unacknowledged run
+	wbuf          []byte        // the writer's batch buffer; only the current session's writer uses it
 }
 
 // flushRec remembers when frames first..last were handed to the socket.
@@ -80,6 +95,8 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 		dialTimeout: DefaultDialTimeout,
 		reconnect:   DefaultReconnect,
 		log:         slog.New(slog.DiscardHandler),
+		protocol:    ProtocolV2,
+		firstSeq:    1,
 	}
 	for _, opt := range opts {
 		opt(&o)
@@ -88,15 +105,33 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 		return nil, err
 	}
 	o.reconnect = o.reconnect.withDefaults()
-	c := &Client{
-		addr: addr,
-		opts: o,
-		log:  o.log.With("gateway", addr),
-		done: make(chan struct{}),
-		wake: make(chan struct{}, 1),
-		ring: make([][]byte, o.window),
-		wbuf: make([]byte, 0, writeBufSize),
+	epoch := o.epoch
+	c0epochGiven := epoch != 0
+	for epoch == 0 {
+		epoch = rand.Uint64()
 	}
+	c := &Client{
+		addr:       addr,
+		opts:       o,
+		log:        o.log.With("gateway", addr),
+		epoch:      epoch,
+		epochGiven: c0epochGiven,
+		done:       make(chan struct{}),
+		wake:       make(chan struct{}, 1),
+		ring:       make([][]byte, o.window),
+		wbuf:       make([]byte, 0, writeBufSize),
+	}
+	if o.protocol == ProtocolV1 {
+		c.version.Store(1)
+	} else {
+		c.version.Store(2)
+	}
+	// Frames before the first sequence number count as acknowledged: they
+	// are not this client's to send.
+	base := o.firstSeq - 1
+	c.sent, c.acked, c.written, c.maxWritten = base, base, base, base
+	c.sentA.Store(base)
+	c.ackedA.Store(base)
 	conn, err := c.dial(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("station: gateway %s unreachable: %w", addr, err)
@@ -152,6 +187,20 @@ func (c *Client) Send(ctx context.Context, payload []byte) error {
 		c.mu.Lock()
 	}
 	seq := c.sent + 1
+	if seq <= c.storedThrough && c.acked == c.sent {
+		// Stored already (a restarted spool's frame): acknowledged now.
+		c.sent, c.acked, c.written = seq, seq, seq
+		c.maxWritten = max(c.maxWritten, seq)
+		c.sentA.Store(seq)
+		c.ackedA.Store(seq)
+		c.skipped.Add(1)
+		c.signalLocked()
+		c.mu.Unlock()
+		if c.opts.onAck != nil {
+			c.opts.onAck(seq)
+		}
+		return nil
+	}
 	slot := &c.ring[(seq-1)%window]
 	if n := frame.HeaderSize + len(payload); cap(*slot) < n {
 		*slot = make([]byte, 0, n)
@@ -186,19 +235,34 @@ func (c *Client) signalLocked() {
 	}
 }
 
-// Sent returns how many frames Send has accepted; the last one has this
-// sequence number.
+// Sent returns the sequence number of the last frame Send accepted: how
+// many frames it accepted, when numbering starts at 1.
 func (c *Client) Sent() uint64 { return c.sentA.Load() }
 
-// Acked returns how many frames, counted from the first, the gateway has
-// acknowledged.
+// Acked returns the highest sequence number up to which the gateway has
+// acknowledged every frame: how many frames, counted from the first, when
+// numbering starts at 1.
 func (c *Client) Acked() uint64 { return c.ackedA.Load() }
+
+// Epoch returns the epoch that names this client's numbering of frames: the
+// one given with WithEpoch, or the random one Dial picked.
+func (c *Client) Epoch() uint64 { return c.epoch }
+
+// ProtocolVersion returns the protocol version the client speaks: 2, or 1
+// when configured with ProtocolV1 or after falling back against a v1
+// gateway. The fallback happens on the first session, so the value read
+// right after Dial may still change from 2 to 1 once; it never changes back.
+func (c *Client) ProtocolVersion() int { return int(c.version.Load()) }
 
 // Stats is a snapshot of a client's counters.
 type Stats struct {
-	Sent       uint64 // frames accepted by Send
-	Acked      uint64 // frames acknowledged
-	Resent     uint64 // frame writes repeated on a new session after a disconnect
+	Sent   uint64 // frames accepted by Send (the last one's sequence number)
+	Acked  uint64 // frames acknowledged (the highest sequence number of them)
+	Resent uint64 // frame writes repeated on a new session after a disconnect
+	// Skipped counts frames written but not acknowledged before a
+	// disconnect that the gateway's WELCOME (v2) then reported stored: they
+	// were acknowledged on resume instead of being sent again.
+	Skipped    uint64
 	Reconnects uint64 // sessions opened after the first
 }
 
@@ -208,6 +272,7 @@ func (c *Client) Stats() Stats {
 		Sent:       c.sentA.Load(),
 		Acked:      c.ackedA.Load(),
 		Resent:     c.resent.Load(),
+		Skipped:    c.skipped.Load(),
 		Reconnects: c.reconnects.Load(),
 	}
 }
@@ -315,36 +380,53 @@ func (c *Client) run(conn net.Conn) {
 			return
 		}
 		var ce *CloseError
-		if errors.As(end.err, &ce) && ce.Reason.Fatal() {
+		isClose := errors.As(end.err, &ce)
+		switch {
+		case end.fallback:
+			// Logged once: the client stays on v1 from now on.
+			c.log.Warn("station: the gateway speaks protocol v1 only (it answered HELLO with CLOSE(5)); continuing with v1, at-least-once after a crash")
+			c.version.Store(1)
+		case isClose && ce.Reason.Fatal(), errors.Is(end.err, ErrEpochConflict):
 			c.log.Error("station: session refused", "err", end.err)
 			c.finish(end.err)
 			return
+		default:
+			c.log.Info("station: session ended, reconnecting", "err", end.err, "unacked", c.sentA.Load()-c.ackedA.Load())
+			if c.opts.onDisconnect != nil {
+				c.opts.onDisconnect(end.err)
+			}
 		}
-		c.log.Info("station: session ended, reconnecting", "err", end.err, "unacked", c.sentA.Load()-c.ackedA.Load())
-		if c.opts.onDisconnect != nil {
-			c.opts.onDisconnect(end.err)
-		}
-		if end.progressed {
+		switch {
+		case end.fallback:
+		case end.progressed && !(isClose && ce.Reason == ReasonSuperseded):
 			failures = 0
-		} else {
+		default:
+			// Superseded counts as a failure even after progress, so
+			// that two clients of one identity back off instead of
+			// taking the session from each other at the initial delay.
 			failures++
 		}
 		lastErr := end.err
+		// After a fallback the next dial goes at once: nothing failed.
+		wait := !end.fallback
 		conn = nil
 		for conn == nil {
 			p := c.opts.reconnect
-			if p.MaxAttempts < 0 || (p.MaxAttempts > 0 && failures >= p.MaxAttempts) {
+			if wait && (p.MaxAttempts < 0 || (p.MaxAttempts > 0 && failures >= p.MaxAttempts)) {
 				c.finish(fmt.Errorf("%w after %d attempts: %w", ErrReconnectGaveUp, failures, lastErr))
 				return
 			}
-			t := time.NewTimer(p.delay(max(failures, 1)))
-			select {
-			case <-t.C:
-			case <-c.ctx.Done():
-				t.Stop()
-				c.finish(ErrClosed)
-				return
+			if wait {
+				t := time.NewTimer(p.delay(max(failures, 1)))
+				select {
+				case <-t.C:
+				case <-c.ctx.Done():
+					t.Stop()
+					c.finish(ErrClosed)
+					return
+				}
 			}
+			wait = true
 			ctx, cancel := context.WithTimeout(c.ctx, c.opts.dialTimeout)
 			var err error
 			conn, err = c.dial(ctx)

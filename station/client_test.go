@@ -52,10 +52,19 @@ func dial(t *testing.T, addr string, opts ...station.Option) *station.Client {
 
 func payloadN(i int) []byte { return fmt.Appendf(nil, "frame-%06d", i) }
 
+// v1 pins a client to protocol v1, for the tests whose peer scripts v1.
+var v1 = station.WithProtocol(station.ProtocolV1)
+
 func TestSendAckClose(t *testing.T) {
+	for _, proto := range []station.Protocol{station.ProtocolV1, station.ProtocolV2} {
+		t.Run(proto.String(), func(t *testing.T) { testSendAckClose(t, proto) })
+	}
+}
+
+func testSendAckClose(t *testing.T, proto station.Protocol) {
 	p := startPeer(t, nil)
 	var onAck atomic.Uint64
-	c := dial(t, p.addr(), station.WithOnAck(func(n uint64) { onAck.Store(n) }))
+	c := dial(t, p.addr(), station.WithProtocol(proto), station.WithOnAck(func(n uint64) { onAck.Store(n) }))
 	ctx := testCtx(t)
 	const n = 1000
 	for i := range n {
@@ -90,6 +99,13 @@ func TestSendAckClose(t *testing.T) {
 	}
 	if err := c.Close(ctx); err != nil {
 		t.Errorf("second Close = %v", err)
+	}
+	wantVersion := 2
+	if proto == station.ProtocolV1 {
+		wantVersion = 1
+	}
+	if v := c.ProtocolVersion(); v != wantVersion || len(p.helloList()) != wantVersion-1 {
+		t.Errorf("version %d after %d HELLOs, want %d", v, len(p.helloList()), wantVersion)
 	}
 }
 
@@ -147,7 +163,7 @@ func TestWindowBackPressure(t *testing.T) {
 		c.Write(frame.AppendAck(nil, window))
 		p.serveFrom(c, window, nil)
 	})
-	c := dial(t, p.addr(), station.WithWindow(window))
+	c := dial(t, p.addr(), v1, station.WithWindow(window))
 	ctx := testCtx(t)
 	for i := range window {
 		if err := c.Send(ctx, payloadN(i)); err != nil {
@@ -189,7 +205,7 @@ func TestCloseReasons(t *testing.T) {
 			c.Write(frame.AppendClose(nil, frame.Reason(reason), "scripted"))
 		})
 		disconnects := make(chan error, 10)
-		c := dial(t, p.addr(),
+		c := dial(t, p.addr(), v1,
 			station.WithReconnect(station.ReconnectPolicy{Initial: time.Millisecond, MaxAttempts: 2}),
 			station.WithOnDisconnect(func(err error) { disconnects <- err }))
 		select {
@@ -237,6 +253,7 @@ func TestMatchesFrame(t *testing.T) {
 		station.ReasonFrameTimeout: frame.ReasonFrameTimeout, station.ReasonTooLarge: frame.ReasonTooLarge,
 		station.ReasonControl: frame.ReasonControl, station.ReasonBusy: frame.ReasonBusy,
 		station.ReasonUnauthorized: frame.ReasonUnauthorized, station.ReasonInternalError: frame.ReasonInternalError,
+		station.ReasonSuperseded: frame.ReasonSuperseded,
 	}
 	for s, f := range pairs {
 		if uint16(s) != uint16(f) || s.String() != f.String() {
@@ -260,6 +277,14 @@ func TestCloseErrorText(t *testing.T) {
 }
 
 func TestUnknownFrameTypesSkipped(t *testing.T) {
+	for _, proto := range []station.Protocol{station.ProtocolV1, station.ProtocolV2} {
+		t.Run(proto.String(), func(t *testing.T) { testUnknownFrameTypesSkipped(t, proto) })
+	}
+}
+
+// testUnknownFrameTypesSkipped also proves that a v1 client sends no PONG
+// for the HEARTBEATs: the v1 peer would refuse it with CLOSE(5), fatal.
+func testUnknownFrameTypesSkipped(t *testing.T, proto station.Protocol) {
 	p := startPeer(t, func(p *peer, c net.Conn, _ int) {
 		p.serve(c, func(w io.Writer) {
 			var b []byte
@@ -269,7 +294,7 @@ func TestUnknownFrameTypesSkipped(t *testing.T) {
 			w.Write(b)
 		})
 	})
-	c := dial(t, p.addr())
+	c := dial(t, p.addr(), station.WithProtocol(proto))
 	ctx := testCtx(t)
 	for i := range 10 {
 		if err := c.Send(ctx, payloadN(i)); err != nil {
@@ -306,7 +331,7 @@ func TestReconnectResendsUnacked(t *testing.T) {
 		// Close without reading further: the client sees EOF.
 	})
 	var disconnects atomic.Int32
-	c := dial(t, p.addr(),
+	c := dial(t, p.addr(), v1,
 		station.WithReconnect(station.ReconnectPolicy{Initial: time.Millisecond}),
 		station.WithOnDisconnect(func(error) { disconnects.Add(1) }))
 	ctx := testCtx(t)
@@ -374,7 +399,7 @@ func TestGoAway(t *testing.T) {
 		c.Write(out)
 	})
 	disconnect := make(chan error, 1)
-	c := dial(t, p.addr(),
+	c := dial(t, p.addr(), v1,
 		station.WithReconnect(station.ReconnectPolicy{Initial: time.Millisecond}),
 		station.WithOnDisconnect(func(err error) { disconnect <- err }))
 	ctx := testCtx(t)
@@ -430,7 +455,7 @@ func TestKeepaliveCounted(t *testing.T) {
 			}
 		}
 	})
-	c := dial(t, p.addr(), station.WithKeepalive(5*time.Millisecond))
+	c := dial(t, p.addr(), v1, station.WithKeepalive(5*time.Millisecond))
 	ctx := testCtx(t)
 	for range 5 {
 		select {
@@ -456,7 +481,7 @@ func TestDeadGateway(t *testing.T) {
 		io.Copy(io.Discard, c) // read everything, answer nothing
 	})
 	disconnects := make(chan error, 10)
-	c := dial(t, p.addr(),
+	c := dial(t, p.addr(), v1,
 		station.WithDeadTimeout(100*time.Millisecond),
 		station.WithReconnect(station.ReconnectPolicy{Initial: time.Millisecond}),
 		station.WithOnDisconnect(func(err error) { disconnects <- err }))
@@ -474,7 +499,7 @@ func TestDeadGateway(t *testing.T) {
 
 func TestReconnectGivesUp(t *testing.T) {
 	p := startPeer(t, func(*peer, net.Conn, int) {}) // accept and hang up
-	c := dial(t, p.addr(), station.WithReconnect(station.ReconnectPolicy{Initial: time.Millisecond, MaxAttempts: 3}))
+	c := dial(t, p.addr(), v1, station.WithReconnect(station.ReconnectPolicy{Initial: time.Millisecond, MaxAttempts: 3}))
 	select {
 	case <-c.Done():
 	case <-testCtx(t).Done():

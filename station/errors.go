@@ -29,6 +29,12 @@ var (
 	ErrReconnectGaveUp = errors.New("station: gave up reconnecting")
 	// ErrInvalidOption is returned by Dial for an option out of range.
 	ErrInvalidOption = errors.New("station: invalid option")
+	// ErrEpochConflict means the gateway's WELCOME asked for a frame past
+	// the last one this client numbered: the stream already holds frames of
+	// this identity and epoch that this client did not send (the epoch was
+	// reused, see WithEpoch). The client stops: resuming would hide its own
+	// frames behind the other writer's.
+	ErrEpochConflict = errors.New("station: epoch already used by another writer")
 )
 
 // Errors for the gateway's CLOSE reasons. A *CloseError matches the one for
@@ -42,12 +48,16 @@ var (
 	ErrServerBusy         = errors.New("station: server busy")
 	ErrNotAuthorized      = errors.New("station: not authorized")
 	ErrInternal           = errors.New("station: gateway internal error")
+	// ErrSuperseded: another session of the same station identity took
+	// over at the gateway (v2). Not fatal; the client reconnects with its
+	// back-off, which grows while it keeps being superseded.
+	ErrSuperseded = errors.New("station: superseded by a newer session of this station")
 )
 
 // Reason is the code of a CLOSE frame (docs/protocol.md, "Close reasons").
 type Reason uint16
 
-// Close reasons a v1 gateway sends. The codes are part of the protocol and
+// Close reasons a gateway sends (9 in protocol v2 only). The codes are part of the protocol and
 // never change meaning.
 const (
 	ReasonShutdown      Reason = 1 // server shutting down (after GOAWAY)
@@ -58,6 +68,7 @@ const (
 	ReasonBusy          Reason = 6 // session limits reached
 	ReasonUnauthorized  Reason = 7 // the station's identity is not allowed
 	ReasonInternalError Reason = 8 // the gateway failed
+	ReasonSuperseded    Reason = 9 // v2: a newer session of this station took over
 )
 
 // String is the snake_case name of the reason ("server_busy"), the same label
@@ -93,6 +104,8 @@ func (r Reason) sentinel() error {
 		return ErrNotAuthorized
 	case ReasonInternalError:
 		return ErrInternal
+	case ReasonSuperseded:
+		return ErrSuperseded
 	}
 	return nil
 }

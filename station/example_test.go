@@ -143,3 +143,29 @@ func ExampleDial_options() {
 	// true
 	// <nil>
 }
+
+// A spool that kept its unacknowledged frames across a restart resumes its
+// numbering: the same epoch, and the sequence number of its oldest frame.
+// The gateway drops what it already stored and acknowledges by sequence.
+func ExampleWithEpoch() {
+	addr, stop := startGateway()
+	defer stop()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Read from the spool: epoch 7, frames 41 and 42 unacknowledged.
+	c, err := station.Dial(ctx, addr, station.WithEpoch(7), station.WithFirstSeq(41), station.WithName("gs-spool"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, f := range []string{"frame 41", "frame 42"} {
+		if err := c.Send(ctx, []byte(f)); err != nil {
+			log.Fatal(err)
+		}
+	}
+	if err := c.Close(ctx); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("epoch %d, protocol v%d, acknowledged through %d\n", c.Epoch(), c.ProtocolVersion(), c.Acked())
+	// Output: epoch 7, protocol v2, acknowledged through 42
+}

@@ -115,7 +115,9 @@ func TestGatewayKeepalive(t *testing.T) {
 	gw := gatewaytest.Start(t, cfg, sink.NewMemory())
 	ctx := testCtx(t)
 
-	alive := dial(t, gw.Addr, station.WithKeepalive(40*time.Millisecond), station.WithDeadTimeout(0))
+	// Named: unnamed v2 clients from one IP would be one station, and
+	// the second would supersede the first.
+	alive := dial(t, gw.Addr, station.WithKeepalive(40*time.Millisecond), station.WithDeadTimeout(0), station.WithName("alive"))
 	if err := alive.Send(ctx, []byte("first")); err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +125,7 @@ func TestGatewayKeepalive(t *testing.T) {
 		t.Fatal(err)
 	}
 	idleClosed := make(chan error, 1)
-	dial(t, gw.Addr, station.WithKeepalive(0), station.WithDeadTimeout(0),
+	dial(t, gw.Addr, station.WithKeepalive(0), station.WithDeadTimeout(0), station.WithName("quiet"),
 		station.WithOnDisconnect(func(err error) {
 			select {
 			case idleClosed <- err:

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"time"
+	"unicode/utf8"
 
 	"github.com/meridian-telemetry/meridian/internal/frame"
 )
@@ -36,9 +37,13 @@ type ReconnectPolicy struct {
 }
 
 // DefaultReconnect is the policy used unless WithReconnect says otherwise.
+// Max is short on purpose: after a gateway crash the frames that were in
+// flight are resent on the next session and deduplicated only within the
+// gateway's --dedup-window (default 10 s), so a station must be back soon
+// after the gateway is.
 var DefaultReconnect = ReconnectPolicy{
 	Initial:    100 * time.Millisecond,
-	Max:        10 * time.Second,
+	Max:        2 * time.Second,
 	Multiplier: 2,
 	Jitter:     0.2,
 }
@@ -85,7 +90,42 @@ type options struct {
 	onAck        func(acked uint64)
 	onLatency    func(frames uint64, d time.Duration)
 	onDisconnect func(err error)
+	protocol     Protocol
+	epoch        uint64 // 0: pick a random one in Dial
+	firstSeq     uint64 // sequence number of the first frame Send accepts; ≥ 1
+	name         string
 	errs         []error
+}
+
+// Protocol selects the protocol version a client speaks (docs/protocol.md).
+type Protocol uint8
+
+const (
+	// ProtocolV2 is the default: every connection opens with a HELLO
+	// carrying the client's epoch, and resumes where the gateway's WELCOME
+	// says. A gateway that answers the HELLO with CLOSE(5) speaks v1 only:
+	// the client logs it once, reconnects at once speaking v1 and stays on
+	// v1 for its lifetime.
+	ProtocolV2 Protocol = 2
+	// ProtocolV1 never sends a HELLO: ACKs count frames per connection, and
+	// after an abrupt end the frames stored but not acknowledged are sent
+	// again (at least once).
+	ProtocolV1 Protocol = 1
+	// ProtocolV2Only is ProtocolV2 without the fallback: a CLOSE(5) answer
+	// to the HELLO stops the client with ErrUnsupportedControl.
+	ProtocolV2Only Protocol = 3
+)
+
+func (p Protocol) String() string {
+	switch p {
+	case ProtocolV1:
+		return "v1"
+	case ProtocolV2:
+		return "v2"
+	case ProtocolV2Only:
+		return "v2-only"
+	}
+	return fmt.Sprintf("protocol(%d)", uint8(p))
 }
 
 // Option configures a Client.
@@ -201,4 +241,69 @@ func WithLatencyObserver(f func(frames uint64, d time.Duration)) Option {
 // quick.
 func WithOnDisconnect(f func(err error)) Option {
 	return func(o *options) { o.onDisconnect = f }
+}
+
+// WithProtocol chooses the protocol: ProtocolV2 (the default, falling back
+// to v1 against a v1 gateway), ProtocolV2Only or ProtocolV1.
+func WithProtocol(p Protocol) Option {
+	return func(o *options) {
+		switch p {
+		case ProtocolV1, ProtocolV2, ProtocolV2Only:
+			o.protocol = p
+		default:
+			o.errs = append(o.errs, fmt.Errorf("%w: protocol %s is not v1, v2 or v2-only", ErrInvalidOption, p))
+		}
+	}
+}
+
+// WithEpoch sets the epoch the client's HELLO carries: the name of its
+// numbering of frames, which the gateway resumes by. It must not be 0.
+// Default: a random non-zero epoch per client. A caller that keeps its
+// unacknowledged frames across a process restart (a spool) passes the same
+// epoch again, with WithFirstSeq, so that the gateway resumes exactly; any
+// other caller leaves the default. Two numberings under one epoch and
+// identity collide: the gateway takes the second one's frames up to what
+// the stream holds of the first for stored, and they are lost. With an
+// epoch given here, a WELCOME past the last frame numbered so far means the
+// stream holds frames the caller is about to hand over again (a restarted
+// spool): Send completes each of them at once, counted as skipped. Only a
+// client with a random epoch takes that for a collision (ErrEpochConflict).
+func WithEpoch(epoch uint64) Option {
+	return func(o *options) {
+		if epoch == 0 {
+			o.errs = append(o.errs, fmt.Errorf("%w: epoch 0 (epochs are non-zero)", ErrInvalidOption))
+			return
+		}
+		o.epoch = epoch
+	}
+}
+
+// WithFirstSeq sets the sequence number of the first frame Send accepts
+// (default 1): a spool that restarts with the same epoch (WithEpoch) gives
+// the number of the oldest frame it still holds, and then sends its frames
+// again in order. Acked and Sent then count from seq-1.
+func WithFirstSeq(seq uint64) Option {
+	return func(o *options) {
+		if seq == 0 || seq == ^uint64(0) {
+			o.errs = append(o.errs, fmt.Errorf("%w: first sequence %d (from 1)", ErrInvalidOption, seq))
+			return
+		}
+		o.firstSeq = seq
+	}
+}
+
+// WithName sets the station name the HELLO carries (v2). Without mutual TLS
+// a non-empty name is the station's identity at the gateway (subject to its
+// --allow-stations); otherwise the identity is the remote IP, so that
+// several clients on one host need distinct names or they supersede each
+// other. With mutual TLS the name must be empty or equal to the
+// certificate's identity (else CLOSE(7)). At most 255 bytes of UTF-8.
+func WithName(name string) Option {
+	return func(o *options) {
+		if len(name) > frame.MaxName || !utf8.ValidString(name) {
+			o.errs = append(o.errs, fmt.Errorf("%w: station name must be UTF-8 of at most %d bytes", ErrInvalidOption, frame.MaxName))
+			return
+		}
+		o.name = name
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meridian-telemetry/meridian/internal/frame"
@@ -25,34 +26,57 @@ const drainGrace = 2 * time.Second
 
 // session is one connection. The reader runs on run's goroutine, the writer
 // on its own; session returns after both ended, so no goroutine outlives it.
+//
+// A v2 session opens with the writer's HELLO; the writer then waits for the
+// reader to take the WELCOME (welcome closed) before it writes anything
+// else, and the reader holds the handshake deadline until then. A v1
+// session starts with welcome already closed.
 type session struct {
-	c    *Client
-	conn net.Conn
-	base uint64        // c.acked when the session began: its ACK counts start here
-	stop chan struct{} // closed when the reader ended: the writer exits
+	c     *Client
+	conn  net.Conn
+	v2    bool          // this session speaks protocol v2; immutable
+	base  uint64        // c.acked when the session began: v1 ACK counts start here
+	first uint64        // v2: the HELLO's first, base+1; immutable
+	stop  chan struct{} // closed when the reader ended: the writer exits
 
-	goaway chan struct{} // closed by the reader on GOAWAY: the writer half-closes
+	goaway  chan struct{} // closed by the reader on GOAWAY: the writer half-closes
+	welcome chan struct{} // closed by the reader once WELCOME is applied (v2)
+
+	pongs  atomic.Int64  // HEARTBEATs read and not yet answered (v2)
+	pongCh chan struct{} // capacity 1: "there are PONGs to write"
 
 	dlMu    sync.Mutex // orders read-deadline changes between reader and writer
 	wfailed bool       // guarded by dlMu
 	werr    error      // written by the writer before it exits
 
-	lastAck    uint64 // reader only: last per-session ACK count
+	lastAck    uint64 // reader only: last ACK (v1: per-session count; v2: sequence)
 	progressed bool   // reader only: the gateway sent anything but CLOSE
+	welcomed   bool   // reader only: v1, or v2 after WELCOME
 	lat        []flushRec
 }
 
 // sessionEnd is why a session ended and whether it got anywhere, which
-// decides the reconnect back-off.
+// decides the reconnect back-off; fallback means a v1 gateway refused the
+// HELLO and the client should go on with v1.
 type sessionEnd struct {
 	err        error
 	progressed bool
+	fallback   bool
 }
 
 func (c *Client) session(conn net.Conn) sessionEnd {
 	now := time.Now()
 	c.mu.Lock()
-	s := &session{c: c, conn: conn, base: c.acked, stop: make(chan struct{}), goaway: make(chan struct{})}
+	s := &session{
+		c: c, conn: conn, v2: c.version.Load() == 2,
+		base: c.acked, first: c.acked + 1,
+		stop: make(chan struct{}), goaway: make(chan struct{}), welcome: make(chan struct{}),
+		pongCh: make(chan struct{}, 1),
+	}
+	if !s.v2 {
+		s.welcomed = true
+		close(s.welcome)
+	}
 	c.written = c.acked
 	c.flushes = c.flushes[:0]
 	c.lastProgress = now
@@ -76,8 +100,13 @@ func (c *Client) session(conn net.Conn) sessionEnd {
 	var ce *CloseError
 	switch {
 	case errors.As(rerr, &ce):
+		// A v1 gateway answers the HELLO with CLOSE(5): the only v2 refusal
+		// that means "speak v1" rather than "you broke the protocol".
+		end.fallback = s.v2 && !s.welcomed && ce.Reason == ReasonControl && c.opts.protocol == ProtocolV2
 	case s.werr != nil:
 		end.err = fmt.Errorf("station: write: %w", s.werr)
+	case errors.Is(rerr, os.ErrDeadlineExceeded) && !s.welcomed:
+		end.err = fmt.Errorf("%w: no WELCOME within %s of the HELLO", ErrGatewayDead, c.opts.dialTimeout)
 	case errors.Is(rerr, os.ErrDeadlineExceeded):
 		end.err = fmt.Errorf("%w: nothing heard for %s", ErrGatewayDead, c.opts.deadTimeout)
 	case errors.Is(rerr, io.EOF):
@@ -87,15 +116,19 @@ func (c *Client) session(conn net.Conn) sessionEnd {
 }
 
 // extendReadDeadline pushes the dead-gateway deadline forward, unless the
-// writer already cut it short.
+// writer already cut it short or the v2 handshake deadline stands.
 func (s *session) extendReadDeadline() {
 	d := s.c.opts.deadTimeout
-	if d <= 0 {
+	if d <= 0 || !s.welcomed {
 		return
 	}
+	s.setReadDeadline(time.Now().Add(d))
+}
+
+func (s *session) setReadDeadline(t time.Time) {
 	s.dlMu.Lock()
 	if !s.wfailed {
-		s.conn.SetReadDeadline(time.Now().Add(d))
+		s.conn.SetReadDeadline(t)
 	}
 	s.dlMu.Unlock()
 }
@@ -107,6 +140,10 @@ func (s *session) readLoop() error {
 	br := bufio.NewReaderSize(s.conn, 4096)
 	var hdr [frame.HeaderSize]byte
 	buf := make([]byte, 64)
+	if !s.welcomed {
+		// The WELCOME is due within the dial timeout of the HELLO.
+		s.setReadDeadline(time.Now().Add(c.opts.dialTimeout))
+	}
 	for {
 		s.extendReadDeadline()
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
@@ -136,20 +173,47 @@ func (s *session) readLoop() error {
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrProtocol, err)
 		}
-		switch ctl.Type {
-		case frame.TypeHeartbeat:
+		switch {
+		case ctl.Type == frame.TypeHeartbeat:
 			s.progressed = true
+			if s.v2 {
+				s.pongs.Add(1)
+				select {
+				case s.pongCh <- struct{}{}:
+				default:
+				}
+			}
 			if err := s.checkProgress(); err != nil {
 				return err
 			}
-		case frame.TypeAck:
+		case ctl.Type == frame.TypeAck && !s.welcomed:
+			// A gateway refusing the HELLO may send its final ACK, which
+			// covers nothing, before the CLOSE; anything more is a breach.
+			if ctl.Ack != 0 && ctl.Ack >= s.first {
+				return fmt.Errorf("%w: ACK %d before WELCOME", ErrProtocol, ctl.Ack)
+			}
+		case ctl.Type == frame.TypeAck:
 			s.progressed = true
-			if err := s.ack(ctl.Ack); err != nil {
+			var err error
+			if s.v2 {
+				err = s.ackSeq(ctl.Ack)
+			} else {
+				err = s.ack(ctl.Ack)
+			}
+			if err != nil {
 				return err
 			}
-		case frame.TypeClose:
+		case ctl.Type == frame.TypeWelcome && s.v2:
+			if s.welcomed {
+				return fmt.Errorf("%w: a second WELCOME", ErrProtocol)
+			}
+			if err := s.applyWelcome(ctl); err != nil {
+				return err
+			}
+			s.progressed = true
+		case ctl.Type == frame.TypeClose:
 			return &CloseError{Reason: Reason(ctl.Reason), Text: ctl.Text}
-		case frame.TypeGoAway:
+		case ctl.Type == frame.TypeGoAway:
 			s.progressed = true
 			c.log.Info("station: gateway going away; draining session")
 			select {
@@ -182,15 +246,66 @@ func (s *session) checkProgress() error {
 	return nil
 }
 
-// ack applies a per-session cumulative ACK count: the session's frames are
-// the global sequence numbers base+1, base+2, ...
+// applyWelcome resumes a v2 session where the gateway says: frames below
+// next are stored, so they count as acknowledged and are not sent again;
+// the writer goes on from next.
+func (s *session) applyWelcome(ctl frame.Control) error {
+	c := s.c
+	if ctl.Version != frame.Version2 || ctl.Epoch != c.epoch {
+		return fmt.Errorf("%w: WELCOME for version %d epoch %d, the HELLO said version %d epoch %d",
+			ErrProtocol, ctl.Version, ctl.Epoch, frame.Version2, c.epoch)
+	}
+	next := ctl.Next
+	now := time.Now()
+	c.mu.Lock()
+	switch {
+	case next < s.first:
+		c.mu.Unlock()
+		return fmt.Errorf("%w: WELCOME next %d is below the HELLO's first %d", ErrProtocol, next, s.first)
+	case next-1 > c.sent && !c.epochGiven:
+		sent := c.sent
+		c.mu.Unlock()
+		return fmt.Errorf("%w: the gateway holds epoch %d up to frame %d, this client numbered only up to %d", ErrEpochConflict, c.epoch, next-1, sent)
+	case next-1 > c.sent:
+		// A numbering resumed by the caller (WithEpoch, WithFirstSeq):
+		// the stream holds frames it has not handed to Send yet. Those
+		// it has are stored; Send completes the rest as they come.
+		c.storedThrough = next - 1
+		next = c.sent + 1
+	}
+	// The writer has written nothing since the HELLO: written is base.
+	prev := c.acked
+	skipped := next - 1 - prev
+	c.written = next - 1
+	c.lastProgress = now
+	if skipped > 0 {
+		c.acked = next - 1
+		c.ackedA.Store(c.acked)
+		c.skipped.Add(skipped)
+		c.signalLocked()
+	}
+	c.mu.Unlock()
+	s.lastAck = next - 1
+	s.welcomed = true
+	if c.opts.deadTimeout <= 0 {
+		s.setReadDeadline(time.Time{}) // the handshake deadline ends here
+	}
+	close(s.welcome)
+	c.log.Debug("station: welcome", "epoch", c.epoch, "next", next, "skipped", skipped)
+	if skipped > 0 && c.opts.onAck != nil {
+		c.opts.onAck(next - 1)
+	}
+	return nil
+}
+
+// ack applies a v1 per-session cumulative ACK count: the session's frames
+// are the client's sequence numbers base+1, base+2, ...
 func (s *session) ack(count uint64) error {
 	c := s.c
 	if count < s.lastAck {
 		return fmt.Errorf("%w: ACK went back from %d to %d", ErrProtocol, s.lastAck, count)
 	}
 	s.lastAck = count
-	now := time.Now()
 	c.mu.Lock()
 	g := s.base + count
 	if g > c.written {
@@ -198,6 +313,37 @@ func (s *session) ack(count uint64) error {
 		c.mu.Unlock()
 		return fmt.Errorf("%w: ACK for %d frames, only %d written", ErrProtocol, count, w)
 	}
+	return s.ackLocked(g)
+}
+
+// ackSeq applies a v2 ACK: the highest sequence number of the epoch up to
+// which every frame is stored, the same on every session.
+func (s *session) ackSeq(seq uint64) error {
+	c := s.c
+	if seq < s.lastAck {
+		return fmt.Errorf("%w: ACK went back from %d to %d", ErrProtocol, s.lastAck, seq)
+	}
+	s.lastAck = seq
+	c.mu.Lock()
+	if seq <= c.storedThrough && c.written < seq {
+		// Stored before this client numbered it (a resumed spool):
+		// Send completes those frames itself.
+		c.mu.Unlock()
+		return nil
+	}
+	if seq > c.written {
+		w := c.written
+		c.mu.Unlock()
+		return fmt.Errorf("%w: ACK for frame %d, only written up to %d", ErrProtocol, seq, w)
+	}
+	return s.ackLocked(seq)
+}
+
+// ackLocked moves acked to g, the sequence number now acknowledged, and
+// unlocks c.mu before it calls the observers.
+func (s *session) ackLocked(g uint64) error {
+	c := s.c
+	now := time.Now()
 	if g <= c.acked {
 		c.mu.Unlock()
 		return nil
@@ -247,10 +393,27 @@ func (c *Client) takeFlushesLocked(dst []flushRec, prev, acked uint64) []flushRe
 
 // writeLoop writes queued frames in order, batching them into one socket
 // write, sends keepalives when idle and half-closes on GOAWAY or at the end
-// of Close.
+// of Close. In v2 it opens with the HELLO and waits for the WELCOME, and it
+// answers each HEARTBEAT with a PONG, ahead of the next frames.
 func (s *session) writeLoop() {
 	c := s.c
 	window := uint64(len(c.ring))
+	var pongBuf []byte
+	if s.v2 {
+		hello := frame.AppendHello(nil, frame.Hello{Version: frame.Version2, Epoch: c.epoch, First: s.first, Name: c.opts.name})
+		if !s.write(hello) {
+			return
+		}
+		select {
+		case <-s.welcome:
+		case <-s.goaway:
+			s.halfClose()
+			return
+		case <-s.stop:
+			return
+		}
+		pongBuf = make([]byte, 0, 64)
+	}
 	var keepalive <-chan time.Time
 	var kaTimer *time.Timer
 	if c.opts.keepalive > 0 {
@@ -278,6 +441,12 @@ func (s *session) writeLoop() {
 			case <-s.goaway:
 			case <-s.stop:
 				return
+			case <-s.pongCh:
+				// The PONGs may have gone out with frames already.
+				pongBuf = s.appendPongs(pongBuf[:0])
+				if len(pongBuf) > 0 && !s.write(pongBuf) {
+					return
+				}
 			case <-keepalive:
 				var ka [frame.HeaderSize]byte
 				if !s.write(ka[:]) {
@@ -291,10 +460,13 @@ func (s *session) writeLoop() {
 		// and the gateway cannot acknowledge what is not yet written, so
 		// the slots are read without the lock.
 		buf := c.wbuf[:0]
+		if s.v2 {
+			buf = s.appendPongs(buf)
+		}
 		last := from
 		for seq := from + 1; seq <= to; seq++ {
 			f := c.ring[(seq-1)%window]
-			if len(buf) > 0 && len(buf)+len(f) > cap(buf) {
+			if last > from && len(buf)+len(f) > cap(buf) {
 				break
 			}
 			buf = append(buf, f...)
@@ -330,6 +502,14 @@ func (s *session) writeLoop() {
 			kaTimer.Reset(c.opts.keepalive)
 		}
 	}
+}
+
+// appendPongs appends a PONG for each HEARTBEAT read since the last call.
+func (s *session) appendPongs(b []byte) []byte {
+	for n := s.pongs.Swap(0); n > 0; n-- {
+		b = frame.AppendPong(b)
+	}
+	return b
 }
 
 // write writes b with the dead-gateway timeout as deadline. On failure it

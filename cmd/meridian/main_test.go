@@ -266,24 +266,33 @@ func readToken(t *testing.T, dir string) string {
 	return strings.TrimSpace(string(b))
 }
 
-// streamPayloads reads every message of the stream.
-func streamPayloads(t *testing.T, url, token string) map[string]bool {
+// telemetryStream connects to the gateway's NATS server at url and returns
+// the TELEMETRY stream, and a context bounded by wait for reading it; the
+// connection closes when the test ends.
+func telemetryStream(t *testing.T, url, token string) (jetstream.Stream, context.Context) {
 	t.Helper()
 	nc, err := nats.Connect(url, nats.Token(token))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
+	t.Cleanup(cancel)
 	s, err := js.Stream(ctx, "TELEMETRY")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return s, ctx
+}
+
+// streamPayloads reads every message of the stream.
+func streamPayloads(t *testing.T, url, token string) map[string]bool {
+	t.Helper()
+	s, ctx := telemetryStream(t, url, token)
 	info, err := s.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -743,15 +752,18 @@ func TestSIGHUPReloadsCertificates(t *testing.T) {
 // remote IP, and --allow-stations filters on it (docs/operations.md,
 // "Identity and the allow-list").
 func TestAllowStationsMatchesRemoteIPs(t *testing.T) {
-	serve := func(allow string) (station, httpAddr string) {
-		c := start(t, "serve", "--sink", "discard", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
-			"--allow-stations", allow)
+	serve := func(allow string, extra ...string) (station, httpAddr string) {
+		c := start(t, append([]string{"serve", "--sink", "discard", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+			"--allow-stations", allow}, extra...)...)
 		m := c.waitLog(`msg="meridian serving" listen=(\S+) sink=\S+ http=(\S+)`)
 		return m[1], m[2]
 	}
 
 	t.Run("refused", func(t *testing.T) {
-		station, httpAddr := serve("10.1.*")
+		// Known only by its IP, which is not listed: the gateway waits
+		// the handshake timeout for a v2 HELLO naming a listed station,
+		// then refuses it.
+		station, httpAddr := serve("10.1.*", "--tls-handshake-timeout", "200ms")
 		conn, err := net.DialTimeout("tcp", station, wait)
 		if err != nil {
 			t.Fatal(err)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,9 +11,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // TestStartupWaitsForStoreRecovery: a gateway SIGKILLed after storing many
@@ -107,21 +103,7 @@ func TestStartupWaitsForStoreRecovery(t *testing.T) {
 	}
 	// Every frame acknowledged before the kill is still there (the stream
 	// had no reason to drop any), and the new one is last.
-	nc, err := nats.Connect(natsURL, nats.Token(readToken(t, dir)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	str, err := js.Stream(ctx, "TELEMETRY")
-	if err != nil {
-		t.Fatal(err)
-	}
+	str, ctx := telemetryStream(t, natsURL, readToken(t, dir))
 	info, err := str.Info(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -26,6 +26,7 @@ const (
 	DefaultDrain            = 30 * time.Second
 	DefaultMaxFramesRun     = 10 * time.Minute
 	DefaultProgressInterval = time.Second
+	DefaultNamePrefix       = "bench"
 )
 
 // ErrOptions means Options are out of range; the message names the field.
@@ -49,6 +50,17 @@ type Options struct {
 	MaxFrame int // 0: the client's default
 	TLS      *tls.Config
 	RunID    uint64 // 0 picks a random one
+
+	// Protocol is what the stations speak; 0 means station.ProtocolV2 (v2,
+	// falling back to v1 against a v1 gateway).
+	Protocol station.Protocol
+	// NamePrefix names the v2 stations PREFIX-INDEX in their HELLO, so that
+	// the gateway sees one identity per station even though all come from
+	// one IP; empty means DefaultNamePrefix. Two benches against one
+	// gateway at once need different prefixes, or their stations supersede
+	// each other. With a client certificate the HELLO carries no name: the
+	// certificate is the identity.
+	NamePrefix string
 
 	// Progress, when set, is called every ProgressInterval from Run's
 	// goroutine with the counts so far.
@@ -76,8 +88,33 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("%w: set a duration or a frame count", ErrOptions)
 	case o.Window < 0:
 		return fmt.Errorf("%w: window must not be negative", ErrOptions)
+	case o.Protocol != 0 && o.Protocol != station.ProtocolV1 && o.Protocol != station.ProtocolV2 && o.Protocol != station.ProtocolV2Only:
+		return fmt.Errorf("%w: protocol %s is not v1 or v2", ErrOptions, o.Protocol)
+	case o.clientCert() && o.Stations > 1 && o.Protocol != station.ProtocolV1:
+		// Every station would be the certificate's identity, and each
+		// HELLO would supersede the previous station's session.
+		return fmt.Errorf("%w: with a client certificate all %d stations are one v2 station identity; use protocol 1 or 1 station", ErrOptions, o.Stations)
 	}
 	return nil
+}
+
+// clientCert reports whether the stations present a TLS client
+// certificate, which is their identity at a gateway that verifies it.
+func (o *Options) clientCert() bool {
+	return o.TLS != nil && (len(o.TLS.Certificates) > 0 || o.TLS.GetClientCertificate != nil)
+}
+
+// stationName is the HELLO name of station i: empty with a client
+// certificate, whose identity the gateway takes instead.
+func (o *Options) stationName(i uint32) string {
+	if o.clientCert() {
+		return ""
+	}
+	p := o.NamePrefix
+	if p == "" {
+		p = DefaultNamePrefix
+	}
+	return fmt.Sprintf("%s-%d", p, i)
 }
 
 func (o *Options) maxDuration() time.Duration {
@@ -114,6 +151,7 @@ type Report struct {
 	Sent         uint64            `json:"sent"`
 	Acked        uint64            `json:"acked"`
 	Resent       uint64            `json:"resent"`
+	Skipped      uint64            `json:"skipped"` // v2: not resent because the WELCOME said stored
 	FramesPerSec float64           `json:"frames_per_sec"`
 	MBPerSec     float64           `json:"mb_per_sec"`
 	Reconnects   uint64            `json:"reconnects"`
@@ -126,9 +164,14 @@ type Report struct {
 	Histogram *Histogram `json:"-"`
 }
 
-// StationReport is one station's share of a run.
+// StationReport is one station's share of a run. Name, Epoch and Protocol
+// say how the gateway knew it: in v2 its frames are stored as (Name, Epoch,
+// frame number), which Verify checks.
 type StationReport struct {
 	Index      uint32 `json:"index"`
+	Name       string `json:"name,omitempty"`
+	Epoch      uint64 `json:"epoch"`
+	Protocol   int    `json:"protocol"`
 	Sent       uint64 `json:"sent"`
 	Acked      uint64 `json:"acked"`
 	Reconnects uint64 `json:"reconnects"`
@@ -275,7 +318,12 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		if r.client != nil {
 			st := r.client.Stats()
 			sr.Sent, sr.Acked, sr.Reconnects = st.Sent, st.Acked, st.Reconnects
+			sr.Epoch, sr.Protocol = r.client.Epoch(), r.client.ProtocolVersion()
+			if sr.Protocol == 2 {
+				sr.Name = o.stationName(r.index)
+			}
 			rep.Resent += st.Resent
+			rep.Skipped += st.Skipped
 		}
 		if r.err != nil {
 			sr.Err = r.err.Error()
@@ -359,6 +407,12 @@ func (r *runner) dial(ctx context.Context) {
 		station.WithLogger(r.log.With("station", r.index)),
 		station.WithLatencyObserver(func(n uint64, d time.Duration) { r.hist.RecordN(d, n) }),
 		station.WithOnDisconnect(r.errs.add),
+	}
+	if r.o.Protocol != 0 {
+		opts = append(opts, station.WithProtocol(r.o.Protocol))
+	}
+	if r.o.Protocol != station.ProtocolV1 {
+		opts = append(opts, station.WithName(r.o.stationName(r.index)))
 	}
 	if r.o.MaxFrame > 0 {
 		opts = append(opts, station.WithMaxFrame(r.o.MaxFrame))

@@ -3,7 +3,9 @@ package bench_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"math"
 	"net"
 	"strings"
@@ -16,6 +18,7 @@ import (
 	"github.com/meridian-telemetry/meridian/internal/bench"
 	"github.com/meridian-telemetry/meridian/internal/gateway/gatewaytest"
 	"github.com/meridian-telemetry/meridian/internal/sink"
+	"github.com/meridian-telemetry/meridian/station"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -54,10 +57,17 @@ func TestRunSmoke(t *testing.T) {
 		t.Fatalf("report %+v", rep)
 	}
 	var sent, acked uint64
+	epochs := map[uint64]bool{}
 	for _, s := range rep.PerStation {
 		if s.Sent != 400 || s.Acked != 400 || s.Err != "" {
 			t.Errorf("station %+v", s)
 		}
+		// v2, one identity per station (else they would supersede each
+		// other), each with its own epoch.
+		if s.Protocol != 2 || s.Name != fmt.Sprintf("bench-%d", s.Index) || s.Epoch == 0 || epochs[s.Epoch] {
+			t.Errorf("station %+v: want v2, named, its own epoch", s)
+		}
+		epochs[s.Epoch] = true
 		sent += s.Sent
 		acked += s.Acked
 	}
@@ -93,6 +103,9 @@ func TestRunSmoke(t *testing.T) {
 		h, err := bench.ParseHeader(f.Payload)
 		if err != nil || h.RunID != rep.RunID || len(f.Payload) != 100 {
 			t.Fatalf("stored payload %x: %v", f.Payload, err)
+		}
+		if ps := rep.PerStation[h.Station]; f.Station != ps.Name || f.Epoch != ps.Epoch || f.Seq != h.Frame {
+			t.Fatalf("frame %+v stored as station %q epoch %d seq %d", h, f.Station, f.Epoch, f.Seq)
 		}
 		seen[h]++
 	}
@@ -178,6 +191,43 @@ func TestOptionsValidate(t *testing.T) {
 	bad = ok
 	bad.MaxFrame = 32
 	f(bad, "max frame")
+	bad = ok
+	bad.Protocol = 9
+	f(bad, "protocol")
+	bad = ok
+	bad.Stations = 2
+	bad.TLS = &tls.Config{Certificates: []tls.Certificate{{}}}
+	f(bad, "client certificate")
+	bad.Protocol = station.ProtocolV1 // v1 sessions do not supersede
+	if err := bad.Validate(); err != nil {
+		t.Errorf("v1 with a client certificate: %v", err)
+	}
+}
+
+// TestRunV1: forced to v1 the stations send no HELLO: the gateway stores
+// their frames as v1 (no epoch), numbered per session.
+func TestRunV1(t *testing.T) {
+	mem := sink.NewMemory()
+	gw := gatewaytest.Start(t, gatewaytest.Config(), mem)
+	rep, err := bench.Run(testCtx(t), bench.Options{
+		Addr: gw.Addr, Stations: 2, Size: 64, Frames: 100, Protocol: station.ProtocolV1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Acked != 200 || rep.PerStation[0].Protocol != 1 || rep.PerStation[0].Name != "" {
+		t.Fatalf("report %+v", rep)
+	}
+	var text bytes.Buffer
+	rep.WriteText(&text)
+	if !strings.Contains(text.String(), "protocol v1") {
+		t.Errorf("text report does not name v1:\n%s", text.String())
+	}
+	for _, f := range mem.Frames() {
+		if f.Epoch != 0 {
+			t.Fatalf("v1 frame stored with epoch %d", f.Epoch)
+		}
+	}
 }
 
 func TestHeaderRoundTrip(t *testing.T) {

@@ -15,7 +15,7 @@ const histogramWidth = 40
 // percentiles, a text histogram of ACK latency and errors by reason.
 func (r *Report) WriteText(w io.Writer) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "run %016x: %d stations, %d-byte frames, %s\n", r.RunID, r.Stations, r.Size, r.Elapsed.Round(time.Millisecond))
+	fmt.Fprintf(&b, "run %016x: %d stations, %d-byte frames, %s, %s\n", r.RunID, r.Stations, r.Size, r.Elapsed.Round(time.Millisecond), r.protocols())
 	fmt.Fprintf(&b, "sent        %d\n", r.Sent)
 	fmt.Fprintf(&b, "acknowledged %d", r.Acked)
 	if r.Sent > r.Acked {
@@ -23,7 +23,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	b.WriteString("\n")
 	fmt.Fprintf(&b, "throughput  %.0f frames/s, %.2f MB/s\n", r.FramesPerSec, r.MBPerSec)
-	fmt.Fprintf(&b, "reconnects  %d (%d frames resent)\n", r.Reconnects, r.Resent)
+	fmt.Fprintf(&b, "reconnects  %d (%d frames resent, %d found stored on resume)\n", r.Reconnects, r.Resent, r.Skipped)
 	l := r.Latency
 	fmt.Fprintf(&b, "ACK latency (ms, %d frames): mean %.3f  p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f\n",
 		l.Count, l.Mean, l.P50, l.P90, l.P99, l.P999, l.Max)
@@ -60,15 +60,36 @@ func (r *Report) WriteText(w io.Writer) error {
 		if !v.OK() {
 			verdict = "FAILED"
 		}
-		fmt.Fprintf(&b, "verify (stream %s): read %d, missing %d, duplicates %d, unexpected %d: %s\n",
-			v.Stream, v.Read, v.Missing, v.Duplicates, v.Unexpected, verdict)
+		fmt.Fprintf(&b, "verify (stream %s): read %d (%d v1, %d packed messages), missing %d, duplicates %d, unexpected %d: %s\n",
+			v.Stream, v.Read, v.V1, v.Packed, v.Missing, v.Duplicates, v.Unexpected, verdict)
 		for _, s := range v.PerStation {
 			if s.Missing > 0 || s.Duplicates > 0 {
-				fmt.Fprintf(&b, "  station %d: acknowledged %d, unique %d, missing %d, duplicates %d\n",
-					s.Index, s.Acked, s.Unique, s.Missing, s.Duplicates)
+				fmt.Fprintf(&b, "  station %d (%s epoch %d): acknowledged %d, unique %d, missing %d, duplicates %d\n",
+					s.Index, s.Name, s.Epoch, s.Acked, s.Unique, s.Missing, s.Duplicates)
 			}
 		}
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// protocols says which protocol the stations ended the run with: "v2",
+// "v1", or a mix after some fell back.
+func (r *Report) protocols() string {
+	var n1, n2 int
+	for _, s := range r.PerStation {
+		switch s.Protocol {
+		case 1:
+			n1++
+		case 2:
+			n2++
+		}
+	}
+	switch {
+	case n1 > 0 && n2 > 0:
+		return fmt.Sprintf("protocol v2 (%d stations fell back to v1)", n1)
+	case n1 > 0:
+		return "protocol v1"
+	}
+	return "protocol v2"
 }

@@ -29,6 +29,7 @@ type benchFlags struct {
 	dataDir  string
 	stream   string
 	tls      stationTLSFlags
+	protocol int
 }
 
 func newBenchCmd() *cobra.Command {
@@ -48,6 +49,17 @@ Every payload starts with a 24-byte header: "MBF1", run id (u64), station
 index (u32), frame number (u64, from 1), all big endian; the rest is zero.
 With --verify the bench then reads the gateway's stream and reports, per
 station, acknowledged frames that are missing or stored more than once.
+
+The stations speak protocol v2 unless --protocol 1. Each says HELLO with
+its own random epoch and the name PREFIX-INDEX (--name-prefix), so that
+the gateway sees one station identity per connection; --verify then checks
+each v2 message by its stream headers Meridian-Station, Meridian-Epoch and
+Meridian-Seq, and through a gateway crash and restart expects 0 missing and
+0 duplicates. v1 messages are checked by the payload header alone, and a
+crash leaves duplicates (at least once). With a client certificate
+(--tls-cert) every station is the certificate's identity: v2 then allows
+one station only. Stations that meet a v1-only gateway fall back to v1,
+logged.
 
 Progress goes to stderr: a live bar on a terminal, plain lines otherwise.
 The exit status is non-zero when frames stayed unacknowledged or --verify
@@ -79,6 +91,8 @@ found a difference.`,
 	fs.StringVar(&f.natsTok, "nats-token", "", "NATS token (--verify; default: read from --data-dir)")
 	fs.StringVar(&f.dataDir, "data-dir", "./meridian-data", "the gateway's data directory, whose nats-token file --verify reads")
 	fs.StringVar(&f.stream, "stream", "TELEMETRY", "stream name (--verify)")
+	protocolFlag(cmd, &f.protocol)
+	fs.StringVar(&f.opts.NamePrefix, "name-prefix", bench.DefaultNamePrefix, "v2 station names are PREFIX-INDEX; concurrent benches against one gateway need different prefixes")
 	f.tls.register(cmd)
 	cmd.MarkFlagRequired("addr")
 	return cmd
@@ -95,6 +109,9 @@ func benchRun(ctx context.Context, f *benchFlags, stdout, stderr io.Writer) erro
 	}
 	o := f.opts
 	o.TLS = tlsCfg
+	if o.Protocol, err = stationProtocol(f.protocol); err != nil {
+		return usage(err)
+	}
 	if err := o.Validate(); err != nil {
 		return usage(err)
 	}
@@ -118,6 +135,17 @@ func benchRun(ctx context.Context, f *benchFlags, stdout, stderr io.Writer) erro
 	display.finish()
 	if err != nil {
 		return err
+	}
+	if o.Protocol != station.ProtocolV1 {
+		fellBack := 0
+		for _, s := range rep.PerStation {
+			if s.Protocol == 1 {
+				fellBack++
+			}
+		}
+		if fellBack > 0 {
+			fmt.Fprintf(stderr, "bench: %d of %d stations fell back to protocol v1: the gateway answered their HELLO with CLOSE(5) (a v1-only gateway)\n", fellBack, len(rep.PerStation))
+		}
 	}
 	if f.verify {
 		vctx, cancel := context.WithTimeout(ctx, 5*time.Minute)

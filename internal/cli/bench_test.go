@@ -78,4 +78,38 @@ func TestBenchUsageErrors(t *testing.T) {
 	f("size", "--addr", "127.0.0.1:1", "--size", "8")
 	f("stations", "--addr", "127.0.0.1:1", "--stations", "0")
 	f("--verify", "--addr", "127.0.0.1:1", "--verify", "--data-dir", t.TempDir())
+	f("--protocol", "--addr", "127.0.0.1:1", "--protocol", "0")
+}
+
+// TestBenchProtocol: v2 by default, one named station identity each; v1
+// with --protocol 1; and a v1-only gateway makes the stations fall back,
+// which stderr and the report say.
+func TestBenchProtocol(t *testing.T) {
+	stationLeakCheck(t)
+	run := func(addr string, args ...string) (*bench.Report, string) {
+		t.Helper()
+		stdout, stderr, err := benchExec(t, append([]string{"--addr", addr, "--stations", "2", "--size", "64", "--frames", "50", "--json", "--progress", "0"}, args...)...)
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, stderr)
+		}
+		var rep bench.Report
+		if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+			t.Fatalf("%v: %s", err, stdout)
+		}
+		return &rep, stderr
+	}
+	gw := gatewaytest.Start(t, gatewaytest.Config(), sink.NewDiscard())
+	rep, _ := run(gw.Addr, "--name-prefix", "load")
+	if s := rep.PerStation[1]; s.Protocol != 2 || s.Name != "load-1" || s.Epoch == 0 || rep.Acked != 100 {
+		t.Errorf("default: station %+v, acked %d", s, rep.Acked)
+	}
+	rep, _ = run(gw.Addr, "--protocol", "1")
+	if s := rep.PerStation[0]; s.Protocol != 1 || s.Name != "" || rep.Acked != 100 {
+		t.Errorf("--protocol 1: station %+v, acked %d", s, rep.Acked)
+	}
+	addr, _, _ := startV1Gateway(t)
+	rep, stderr := run(addr)
+	if rep.PerStation[0].Protocol != 1 || rep.Acked != 100 || !strings.Contains(stderr, "2 of 2 stations fell back to protocol v1") {
+		t.Errorf("v1 gateway: stations %+v, acked %d, stderr %q", rep.PerStation, rep.Acked, stderr)
+	}
 }

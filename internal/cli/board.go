@@ -64,23 +64,25 @@ func boardEnded(b *board.Board) gateway.Option {
 
 // boardSessions converts the gateway's snapshots, with their link and
 // framing. Ground-framing connections carry their link-quality counters;
-// Meridian sessions have none, nor a heartbeat RTT yet, and the board then
-// omits them.
+// Meridian sessions have none; v2 sessions have a heartbeat RTT once their
+// station answered a HEARTBEAT, v1 sessions never, and the board then omits
+// the column.
 func boardSessions(list []gateway.Snapshot) []board.Session {
 	out := make([]board.Session, len(list))
 	for i, s := range list {
 		out[i] = board.Session{
-			ID:          s.ID,
-			Station:     s.Station,
-			Link:        s.Link,
-			Framing:     s.Framing,
-			RemoteAddr:  s.RemoteAddr,
-			TLSIdentity: s.TLSIdentity,
-			Since:       s.Since,
-			Frames:      s.Frames,
-			Bytes:       s.Bytes,
-			Acked:       s.Acked,
-			LastFrame:   s.LastFrame,
+			ID:           s.ID,
+			Station:      s.Station,
+			Link:         s.Link,
+			Framing:      s.Framing,
+			RemoteAddr:   s.RemoteAddr,
+			TLSIdentity:  s.TLSIdentity,
+			Since:        s.Since,
+			Frames:       s.Frames,
+			Bytes:        s.Bytes,
+			Acked:        s.Acked,
+			LastFrame:    s.LastFrame,
+			HeartbeatRTT: s.RTT,
 		}
 		if q := s.Quality; q != nil {
 			out[i].Quality = []board.Counter{

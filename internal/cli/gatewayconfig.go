@@ -21,5 +21,6 @@ func gatewayConfig(c config.Config) gateway.Config {
 		TLSHandshakeTimeout: c.TLSHandshakeTimeout,
 		DrainTimeout:        c.DrainTimeout,
 		LameDuck:            c.LameDuck,
+		PackFrames:          c.StreamLayout == config.LayoutPacked,
 	}
 }

@@ -53,6 +53,14 @@ is extended), and READY is sent only once the stream takes frames.
 
 The station board is at http://<--http-listen>/ (loopback by default).
 
+Stations speak protocol v1 (length-prefixed frames, at least once) or v2: a
+HELLO names the station's numbering (epoch), the gateway answers WELCOME with
+where the stream ends for it, and each frame is stored exactly once across
+reconnects, gateway restarts and moves to another gateway on the same stream
+(within --dedup-window). A second v2 session of a station supersedes the
+first (CLOSE 9). Without mutual TLS a v2 HELLO's name is the identity. See
+docs/protocol.md.
+
 Signals:
   SIGINT, SIGTERM  graceful shutdown: stop accepting, GOAWAY to every session
                    (spread over --lame-duck on SIGTERM), drain for at most
@@ -185,9 +193,16 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, cmd *cobra.
 		if err != nil {
 			return usage(fmt.Errorf("allow-stations: %w", err))
 		}
-		opts = append(opts, gateway.WithAllow(allow.Allowed))
+		opts = append(opts, gateway.WithAllow(allow.Allowed), gateway.WithAllowNames(allow.AllowedName))
 	}
 
+	if strm != nil {
+		// v2 stations resume from what the stream holds, read on its leader.
+		opts = append(opts, gateway.WithResume(func(ctx context.Context, id string) (gateway.Stored, error) {
+			st, err := strm.LastStored(ctx, id)
+			return gateway.Stored(st), err
+		}))
+	}
 	gw, err := gateway.New(gatewayConfig(cfg), snk, log, opts...)
 	if err != nil {
 		return usage(err)
@@ -198,7 +213,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, cmd *cobra.
 		js := strm.Sink()
 		m.Stream(func() metrics.StreamStats {
 			st := js.Stats()
-			return metrics.StreamStats{Pending: st.Unacked, Down: st.Down, Outages: st.Outages, Resent: st.Resent, Timeouts: st.Timeouts, Duplicates: st.Duplicates, InProcess: st.InProcess}
+			return metrics.StreamStats{Pending: st.Unacked, PendingBytes: st.UnackedBytes, Down: st.Down, Outages: st.Outages, Resent: st.Resent, Timeouts: st.Timeouts, Duplicates: st.Duplicates, InProcess: st.InProcess}
 		})
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -468,6 +483,10 @@ func (r *rates) stations(gw func() *gateway.Server) func() []ops.StationStatus {
 				LastFrameAt:     s.LastFrame,
 				FramesPerSecond: fps,
 				FramesAcked:     s.Acked,
+				Protocol:        protocolOf(s),
+				Epoch:           s.Epoch,
+				AckedSeq:        s.AckedSeq,
+				RTTms:           float64(s.RTT) / float64(time.Millisecond),
 				Link:            s.Link,
 				Framing:         s.Framing,
 				Quality:         s.Quality,
@@ -536,7 +555,7 @@ func startLinks(links []config.Link, gw *gateway.Server, log *slog.Logger) (*lin
 			if err != nil {
 				return fail(usage(fmt.Errorf("link %s: allow-stations: %w", l.Name, err)))
 			}
-			gl.Allowed = allow.Allowed
+			gl.Allowed, gl.AllowedName = allow.Allowed, allow.AllowedName
 		}
 		ls.list = append(ls.list, runningLink{name: l.Name, dial: l.Dial != "", totals: gl.Totals})
 		if l.Dial != "" {
@@ -619,4 +638,16 @@ func withLinkUnits(cfg config.Config) config.Config {
 		}
 	}
 	return cfg
+}
+
+// protocolOf is the Meridian protocol version a session speaks; 0 for a
+// ground-framing connection.
+func protocolOf(s gateway.Snapshot) int {
+	switch {
+	case s.Framing != link.FramingMeridian:
+		return 0
+	case s.Epoch != 0:
+		return 2
+	}
+	return 1
 }

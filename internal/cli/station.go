@@ -45,6 +45,24 @@ type stationFlags struct {
 	progress   time.Duration
 	verbose    bool
 	tls        stationTLSFlags
+	protocol   int
+	name       string
+}
+
+// protocolFlag registers --protocol, shared by station and bench.
+func protocolFlag(cmd *cobra.Command, p *int) {
+	cmd.Flags().IntVar(p, "protocol", 2, "protocol version: 2 (HELLO with an epoch, exact resume after a reconnect; falls back to 1, logged, against a gateway that refuses the HELLO with CLOSE(5)) or 1 (no HELLO; at least once after a crash)")
+}
+
+// stationProtocol maps --protocol to the client's option.
+func stationProtocol(v int) (station.Protocol, error) {
+	switch v {
+	case 1:
+		return station.ProtocolV1, nil
+	case 2:
+		return station.ProtocolV2, nil
+	}
+	return 0, fmt.Errorf("--protocol %d is not 1 or 2", v)
 }
 
 // stationTLSFlags are the client TLS flags shared by station and bench.
@@ -105,7 +123,15 @@ records are skipped: on the wire they would be keepalives.
 
 ACK progress goes to stderr. The exit status is 0 only when the gateway
 acknowledged every frame. The client reconnects when the gateway restarts
-and resends what was not acknowledged (see docs/station.md).`,
+and resends what was not acknowledged (see docs/station.md).
+
+The station speaks protocol v2 unless --protocol 1: its HELLO carries an
+epoch (random per run, printed at the end) and --name, and after a reconnect it
+resends only what the gateway's WELCOME asks for, so that the stream holds
+each frame once. Without mutual TLS the name is the station's identity at
+the gateway (default: the remote IP); two stations with one identity
+supersede each other. Against a gateway that speaks only v1 (it answers the
+HELLO with CLOSE(5)) the station says so on stderr and goes on with v1.`,
 		Example: `  meridian station --addr gw:7777 reading.bin
   tail -f telemetry.log | meridian station --addr gw:7777 --in lines
   meridian tail --format raw | meridian station --addr other:7777 --in framed
@@ -128,6 +154,8 @@ and resends what was not acknowledged (see docs/station.md).`,
 	fs.DurationVar(&f.ackTimeout, "ack-timeout", 30*time.Second, "how long to wait for the last ACKs once the input ends")
 	fs.DurationVar(&f.progress, "progress", time.Second, "interval of ACK progress lines on stderr (0: only the final line)")
 	fs.BoolVarP(&f.verbose, "verbose", "v", false, "log reconnects and session changes to stderr")
+	protocolFlag(cmd, &f.protocol)
+	fs.StringVar(&f.name, "name", "", "station name in the v2 HELLO: the station's identity at the gateway without mutual TLS (default: none, the gateway uses the remote IP)")
 	f.tls.register(cmd)
 	cmd.MarkFlagRequired("addr")
 	return cmd
@@ -164,6 +192,13 @@ func stationRun(ctx context.Context, f *stationFlags, args []string, stdin io.Re
 	if err != nil {
 		return usage(err)
 	}
+	proto, err := stationProtocol(f.protocol)
+	if err != nil {
+		return usage(err)
+	}
+	if proto == station.ProtocolV1 && f.name != "" {
+		return usage(errors.New("--name goes in the v2 HELLO: not with --protocol 1"))
+	}
 	logLevel := slog.LevelWarn
 	if f.verbose {
 		logLevel = slog.LevelInfo
@@ -179,6 +214,10 @@ func stationRun(ctx context.Context, f *stationFlags, args []string, stdin io.Re
 		station.WithOnDisconnect(func(err error) {
 			fmt.Fprintf(stderr, "station: %v; reconnecting\n", err)
 		}),
+		station.WithProtocol(proto),
+	}
+	if f.name != "" {
+		opts = append(opts, station.WithName(f.name))
 	}
 	if tlsCfg != nil {
 		opts = append(opts, station.WithTLS(tlsCfg))
@@ -221,7 +260,7 @@ func stationRun(ctx context.Context, f *stationFlags, args []string, stdin io.Re
 	case ctx.Err() != nil:
 		return ctx.Err()
 	}
-	fmt.Fprintf(stderr, "sent %d frames, all acknowledged (%d reconnects)\n", st.Sent, st.Reconnects)
+	fmt.Fprintf(stderr, "sent %d frames, all acknowledged (%d reconnects; protocol v%d, epoch %d)\n", st.Sent, st.Reconnects, c.ProtocolVersion(), c.Epoch())
 	return nil
 }
 

@@ -1,13 +1,19 @@
 package cli
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -135,4 +141,131 @@ func closedPort(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+}
+
+// TestStationProtocol: v2 by default (the sink sees the station's name and
+// epoch), v1 with --protocol 1 (no epoch), and the flags that go with it.
+func TestStationProtocol(t *testing.T) {
+	stationLeakCheck(t)
+	const anyEpoch = ^uint64(0)
+	f := func(args []string, wantStation string, wantEpoch uint64, wantStderr string) {
+		t.Helper()
+		mem := sink.NewMemory()
+		gw := gatewaytest.Start(t, gatewaytest.Config(), mem)
+		stderr, err := stationExec(t, "a\nb\n", append([]string{"--addr", gw.Addr, "--progress", "0"}, args...)...)
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, stderr)
+		}
+		frames := mem.Frames()
+		if len(frames) != 2 {
+			t.Fatalf("%v: %d frames stored", args, len(frames))
+		}
+		for i, fr := range frames {
+			epochOK := fr.Epoch == wantEpoch || (wantEpoch == anyEpoch && fr.Epoch != 0)
+			if !epochOK || fr.Station != wantStation || fr.Seq != uint64(i+1) {
+				t.Errorf("%v: frame %d stored as station %q epoch %d seq %d", args, i, fr.Station, fr.Epoch, fr.Seq)
+			}
+		}
+		if !strings.Contains(stderr, wantStderr) {
+			t.Errorf("%v: stderr %q lacks %q", args, stderr, wantStderr)
+		}
+	}
+	f(nil, "127.0.0.1", anyEpoch, "protocol v2, epoch ")
+	f([]string{"--name", "gs-7"}, "gs-7", anyEpoch, "protocol v2, epoch ")
+	f([]string{"--protocol", "1"}, "127.0.0.1", 0, "protocol v1")
+}
+
+func TestStationProtocolUsage(t *testing.T) {
+	gw := gatewaytest.Start(t, gatewaytest.Config(), sink.NewMemory())
+	f := func(want string, args ...string) {
+		t.Helper()
+		_, err := stationExec(t, "", append([]string{"--addr", gw.Addr}, args...)...)
+		var ue usageError
+		if err == nil || !errors.As(err, &ue) || !strings.Contains(err.Error(), want) {
+			t.Errorf("%v: %v, want a usage error with %q", args, err, want)
+		}
+	}
+	f("--protocol", "--protocol", "3")
+	f("--protocol 1", "--protocol", "1", "--name", "x")
+	f("invalid option", "--name", strings.Repeat("n", 256))
+}
+
+// TestStationFallback: against a gateway that answers HELLO with CLOSE(5),
+// as a v1 gateway does, the station says so on stderr and delivers with v1.
+func TestStationFallback(t *testing.T) {
+	stationLeakCheck(t)
+	addr, hellos, frames := startV1Gateway(t)
+	stderr, err := stationExec(t, "a\nb\nc\n", "--addr", addr, "--progress", "0")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	if !strings.Contains(stderr, "speaks protocol v1 only") || !strings.Contains(stderr, "protocol v1") {
+		t.Errorf("stderr %q: want the fallback said", stderr)
+	}
+	if hellos.Load() != 1 || frames.Load() != 3 {
+		t.Errorf("%d HELLOs, %d frames; want 1, 3", hellos.Load(), frames.Load())
+	}
+}
+
+// startV1Gateway is a stand-in for an older, v1-only gateway: a control
+// frame gets CLOSE(5), data frames are acknowledged by count.
+func startV1Gateway(t *testing.T) (addr string, hellos, frames *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hellos, frames = new(atomic.Int64), new(atomic.Int64)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				var count uint64
+				for {
+					var hdr [frame.HeaderSize]byte
+					if _, err := io.ReadFull(br, hdr[:]); err != nil {
+						c.Write(frame.AppendAck(nil, count))
+						return
+					}
+					n := binary.BigEndian.Uint32(hdr[:])
+					if n&frame.ControlBit != 0 {
+						hellos.Add(1)
+						c.Write(frame.AppendClose(nil, frame.ReasonControl, "unsupported control frame"))
+						return
+					}
+					if _, err := io.CopyN(io.Discard, br, int64(n)); err != nil {
+						return
+					}
+					if n > 0 {
+						count++
+						frames.Add(1)
+					}
+					if br.Buffered() == 0 {
+						c.Write(frame.AppendAck(nil, count))
+					}
+				}
+			})
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String(), hellos, frames
 }

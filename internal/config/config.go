@@ -39,25 +39,27 @@ type Config struct {
 	LogLevel  string `yaml:"log-level"`  // debug, info, warn, error
 
 	// Durable stream.
-	DataDir           string        `yaml:"data-dir"`
-	NATSListen        string        `yaml:"nats-listen"`
-	NATSURL           string        `yaml:"nats-url"`
-	NATSCreds         string        `yaml:"nats-creds"`
-	NATSToken         string        `yaml:"nats-token" redact:"true"`
-	NATSUser          string        `yaml:"nats-user"`
-	NATSPassword      string        `yaml:"nats-password" redact:"true"`
-	NATSTLSCA         string        `yaml:"nats-tls-ca"`
-	NATSTLSCert       string        `yaml:"nats-tls-cert"`
-	NATSTLSKey        string        `yaml:"nats-tls-key"`
-	Stream            string        `yaml:"stream"`
-	StreamReplicas    int           `yaml:"stream-replicas"`
-	StoreMaxBytes     Size          `yaml:"store-max-bytes"`
-	RetentionMaxAge   Duration      `yaml:"retention-max-age"`
-	RetentionMaxBytes Size          `yaml:"retention-max-bytes"` // 0: the store limit when embedded, none when external
-	DedupWindow       Duration      `yaml:"dedup-window"`
-	Sync              string        `yaml:"sync"` // a duration, or "always"
-	PublishWindow     int           `yaml:"publish-window"`
-	PublishTimeout    time.Duration `yaml:"publish-timeout"`
+	DataDir            string        `yaml:"data-dir"`
+	NATSListen         string        `yaml:"nats-listen"`
+	NATSURL            string        `yaml:"nats-url"`
+	NATSCreds          string        `yaml:"nats-creds"`
+	NATSToken          string        `yaml:"nats-token" redact:"true"`
+	NATSUser           string        `yaml:"nats-user"`
+	NATSPassword       string        `yaml:"nats-password" redact:"true"`
+	NATSTLSCA          string        `yaml:"nats-tls-ca"`
+	NATSTLSCert        string        `yaml:"nats-tls-cert"`
+	NATSTLSKey         string        `yaml:"nats-tls-key"`
+	Stream             string        `yaml:"stream"`
+	StreamReplicas     int           `yaml:"stream-replicas"`
+	StoreMaxBytes      Size          `yaml:"store-max-bytes"`
+	RetentionMaxAge    Duration      `yaml:"retention-max-age"`
+	RetentionMaxBytes  Size          `yaml:"retention-max-bytes"` // 0: the store limit when embedded, none when external
+	DedupWindow        Duration      `yaml:"dedup-window"`
+	Sync               string        `yaml:"sync"` // a duration, or "always"
+	PublishWindow      int           `yaml:"publish-window"`
+	PublishWindowBytes Size          `yaml:"publish-window-bytes"`
+	PublishTimeout     time.Duration `yaml:"publish-timeout"`
+	StreamLayout       string        `yaml:"stream-layout"` // frames or packed
 
 	// Operations and security.
 	HTTPListen          string        `yaml:"http-listen"`
@@ -93,16 +95,18 @@ func Default() Config {
 		LogFormat:     "text",
 		LogLevel:      "info",
 
-		DataDir:         "./meridian-data",
-		NATSListen:      "127.0.0.1:4222",
-		Stream:          "TELEMETRY",
-		StreamReplicas:  1,
-		StoreMaxBytes:   10 * GiB,
-		RetentionMaxAge: Duration(7 * 24 * time.Hour),
-		DedupWindow:     Duration(2 * time.Minute),
-		Sync:            "1s",
-		PublishWindow:   1024,
-		PublishTimeout:  5 * time.Second,
+		DataDir:            "./meridian-data",
+		NATSListen:         "127.0.0.1:4222",
+		Stream:             "TELEMETRY",
+		StreamReplicas:     1,
+		StoreMaxBytes:      10 * GiB,
+		RetentionMaxAge:    Duration(7 * 24 * time.Hour),
+		DedupWindow:        Duration(10 * time.Second),
+		Sync:               "1s",
+		PublishWindow:      1024,
+		PublishWindowBytes: 64 * MiB,
+		StreamLayout:       LayoutFrames,
+		PublishTimeout:     5 * time.Second,
 
 		HTTPListen:          "127.0.0.1:9477",
 		MaxSessions:         10000,
@@ -209,8 +213,14 @@ func (c *Config) Validate() error {
 	if c.PublishWindow < 1 {
 		bad("publish-window", "must be at least 1, got %d", c.PublishWindow)
 	}
+	if c.PublishWindowBytes < 64*KiB {
+		bad("publish-window-bytes", "must be at least 64KiB, got %s", c.PublishWindowBytes)
+	}
 	if c.PublishTimeout <= 0 {
 		bad("publish-timeout", "must be positive, got %s", c.PublishTimeout)
+	}
+	if c.StreamLayout != LayoutFrames && c.StreamLayout != LayoutPacked {
+		bad("stream-layout", "%q is neither %q nor %q", c.StreamLayout, LayoutFrames, LayoutPacked)
 	}
 	if c.MaxSessions < 1 {
 		bad("max-sessions", "must be at least 1, got %d", c.MaxSessions)
@@ -230,3 +240,9 @@ func (c *Config) Validate() error {
 	errs = append(errs, validateLinks(c.Links)...)
 	return errors.Join(errs...)
 }
+
+// Stream layouts (stream-layout; docs/protocol.md, "The packed layout").
+const (
+	LayoutFrames = "frames" // one message per frame: what every consumer reads
+	LayoutPacked = "packed" // protocol v2 sessions: one message per batch of frames; consumers must unpack
+)

@@ -154,6 +154,7 @@ func TestErrors(t *testing.T) {
 
 	// Validation runs on the merged result and names the key.
 	f("invalid after merge", "queue: 0\n", nil, nil, nil, "queue: must be at least 1")
+	f("publish window bytes too small", "publish-window-bytes: 4KiB\n", nil, nil, nil, "publish-window-bytes: must be at least 64KiB")
 	f("invalid from env", "", []string{"MERIDIAN_SINK=kafka"}, nil, nil, "sink", "kafka")
 	// The shutdown budget counts the frame a station may still be finishing
 	// at the drain deadline: 5s + 10s + 10s is not shorter than 25s, though
@@ -269,6 +270,7 @@ func TestFlagsShowDefaults(t *testing.T) {
 	BindFlags(fs)
 	for key, want := range map[string]string{
 		"heartbeat": "30s", "store-max-bytes": "10GiB", "retention-max-age": "7d", "listen": ":7777", "queue": "8192", "queue-bytes": "64MiB",
+		"publish-window-bytes": "64MiB",
 	} {
 		f := fs.Lookup(key)
 		if f == nil {

@@ -13,8 +13,8 @@ import (
 // HeaderSize is the size of the length prefix in front of every frame.
 const HeaderSize = 4
 
-// ControlBit marks a station→gateway length as a control frame. v1 reserves it
-// for a later protocol version (station hello, resume) and refuses it.
+// ControlBit marks a station→gateway length as a control frame: HELLO and
+// PONG in v2 (v2.go). A v1 session refuses it.
 const ControlBit = 1 << 31
 
 // Type is the first payload byte of a gateway→station frame.
@@ -38,6 +38,8 @@ func (t Type) String() string {
 		return "CLOSE"
 	case TypeGoAway:
 		return "GOAWAY"
+	case TypeWelcome:
+		return "WELCOME"
 	}
 	return fmt.Sprintf("type(0x%02x)", byte(t))
 }
@@ -57,8 +59,8 @@ var (
 	ErrShort = errors.New("frame: incomplete frame")
 	// ErrTooLarge means the length prefix exceeds the maximum frame size.
 	ErrTooLarge = errors.New("frame: frame too large")
-	// ErrControl means the length prefix has the control bit set, which v1
-	// does not support.
+	// ErrControl means the length prefix has the control bit set: a control
+	// frame, which Split (v1 framing) does not take; SplitAny does.
 	ErrControl = errors.New("frame: unsupported control frame")
 	// ErrMalformed means a gateway control frame's body is not well formed.
 	ErrMalformed = errors.New("frame: malformed control frame")
@@ -147,6 +149,10 @@ type Control struct {
 	Ack    uint64 // TypeAck: cumulative count of accepted frames
 	Reason Reason // TypeClose
 	Text   string // TypeClose
+
+	Version uint8  // TypeWelcome
+	Epoch   uint64 // TypeWelcome
+	Next    uint64 // TypeWelcome: the sequence number the gateway wants next
 }
 
 // ParseControl decodes the payload of a gateway→station frame. An unknown
@@ -170,6 +176,13 @@ func ParseControl(payload []byte) (Control, error) {
 		}
 		c.Reason = Reason(binary.BigEndian.Uint16(body))
 		c.Text = string(body[2:])
+	case TypeWelcome:
+		if len(body) < welcomeSize-1 {
+			return Control{}, fmt.Errorf("%w: WELCOME body of %d bytes", ErrMalformed, len(body))
+		}
+		c.Version = body[0]
+		c.Epoch = binary.BigEndian.Uint64(body[1:])
+		c.Next = binary.BigEndian.Uint64(body[9:])
 	}
 	// Extra bytes after a known body are allowed: later versions may extend
 	// a frame without breaking v1 stations.

@@ -14,10 +14,11 @@ const (
 	ReasonIdleTimeout   Reason = 2 // no byte for --idle-timeout
 	ReasonFrameTimeout  Reason = 3 // a frame did not complete within --frame-timeout
 	ReasonTooLarge      Reason = 4 // length above --max-frame
-	ReasonControl       Reason = 5 // unsupported control frame (length top bit set)
+	ReasonControl       Reason = 5 // unsupported or malformed control frame (length top bit set)
 	ReasonBusy          Reason = 6 // server busy (session limits)
 	ReasonUnauthorized  Reason = 7 // not authorized
 	ReasonInternalError Reason = 8 // internal error
+	ReasonSuperseded    Reason = 9 // v2: a newer session of the same station took over
 )
 
 // Endings that are never sent.
@@ -36,6 +37,7 @@ var reasonNames = map[Reason]string{
 	ReasonBusy:          "server_busy",
 	ReasonUnauthorized:  "not_authorized",
 	ReasonInternalError: "internal_error",
+	ReasonSuperseded:    "superseded",
 	ReasonStationClosed: "station_closed",
 	ReasonTruncated:     "truncated",
 	ReasonReadError:     "read_error",
@@ -50,6 +52,7 @@ var reasonTexts = map[Reason]string{
 	ReasonBusy:          "server busy",
 	ReasonUnauthorized:  "not authorized",
 	ReasonInternalError: "internal error",
+	ReasonSuperseded:    "superseded",
 	ReasonStationClosed: "station closed",
 	ReasonTruncated:     "truncated frame",
 	ReasonReadError:     "read error",
@@ -60,7 +63,7 @@ func Reasons() []Reason {
 	return []Reason{
 		ReasonShutdown, ReasonIdleTimeout, ReasonFrameTimeout, ReasonTooLarge,
 		ReasonControl, ReasonBusy, ReasonUnauthorized, ReasonInternalError,
-		ReasonStationClosed, ReasonTruncated, ReasonReadError,
+		ReasonSuperseded, ReasonStationClosed, ReasonTruncated, ReasonReadError,
 	}
 }
 

@@ -29,6 +29,10 @@ type Config struct {
 
 	DrainTimeout time.Duration // how long sessions drain after GOAWAY
 	LameDuck     time.Duration // Shutdown spreads the GOAWAYs over this long
+
+	// PackFrames stores each batch of a protocol v2 session as one message
+	// (the "packed" stream layout), with one batch of a session in flight.
+	PackFrames bool
 }
 
 // DefaultConfig returns the defaults of `meridian serve`.
@@ -107,6 +111,9 @@ type Link struct {
 	Identity func(tls.ConnectionState) string
 	// Allowed limits which peer identities may connect; nil: any.
 	Allowed func(identity string) bool
+	// AllowedName limits the names v2 stations give in their HELLO
+	// without mutual TLS; nil: Allowed decides.
+	AllowedName func(name string) bool
 	// Ground is the framing a ground-equipment link reads; nil serves
 	// Meridian sessions. The gateway never writes to such a peer.
 	Ground *link.Config

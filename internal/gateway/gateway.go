@@ -92,6 +92,7 @@ func (nopObserver) ObserveFrameSize(int)         {}
 func (nopObserver) Committed(int, time.Duration) {}
 func (nopObserver) HeartbeatSent()               {}
 func (nopObserver) AckSent()                     {}
+func (nopObserver) HeartbeatRTT(time.Duration)   {}
 
 // Option configures a Server beyond its Config.
 type Option func(*Server)
@@ -116,18 +117,26 @@ func WithAllow(allowed func(identity string) bool) Option {
 	return func(s *Server) { s.allowed = allowed }
 }
 
+// WithAllowNames limits the names protocol v2 stations give in their HELLO
+// without mutual TLS; without it, the WithAllow function decides.
+func WithAllowNames(allowed func(name string) bool) Option {
+	return func(s *Server) { s.allowedName = allowed }
+}
+
 // Server accepts station connections and runs their sessions.
 type Server struct {
-	cfg      Config // immutable after New
-	scfg     session.Config
-	sink     pipeline.Sink
-	agg      *pipeline.Aggregator
-	log      *slog.Logger
-	obs      Observer
-	tls      *tls.Config
-	identity func(tls.ConnectionState) string
-	allowed  func(string) bool
-	ended    func(Snapshot, frame.Reason)
+	cfg         Config // immutable after New
+	scfg        session.Config
+	sink        pipeline.Sink
+	agg         *pipeline.Aggregator
+	log         *slog.Logger
+	obs         Observer
+	tls         *tls.Config
+	identity    func(tls.ConnectionState) string
+	allowed     func(string) bool
+	allowedName func(string) bool
+	ended       func(Snapshot, frame.Reason)
+	resume      ResumeFunc
 
 	// forced ends every session and the aggregator at once: Close, or the
 	// end of Shutdown's context.
@@ -151,9 +160,12 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	sessions  map[*session.Session]*linkRT
-	equip     map[*link.Conn]*linkRT // ground-equipment connections
-	rejecting int                    // refusals being written
-	drainAt   time.Time              // set when shutdown begins
+	live      map[*session.Session]*live // every Meridian session, for v2
+	byIdent   map[string]*live           // v2: the session writing for each identity
+	floors    map[string]floor           // v2: what ended sessions here acknowledged
+	equip     map[*link.Conn]*linkRT     // ground-equipment connections
+	rejecting int                        // refusals being written
+	drainAt   time.Time                  // set when shutdown begins
 }
 
 // linkRT is a link at run time: its settings and its connection slots.
@@ -202,6 +214,8 @@ func New(cfg Config, sink pipeline.Sink, log *slog.Logger, opts ...Option) (*Ser
 			FrameTimeout: cfg.FrameTimeout,
 			Heartbeat:    cfg.Heartbeat,
 			WriteTimeout: cfg.WriteTimeout,
+			HelloTimeout: cfg.TLSHandshakeTimeout,
+			Packed:       cfg.PackFrames,
 		},
 		sink:      sink,
 		agg:       pipeline.New(sink, cfg.Queue, pipeline.WithByteLimit(cfg.QueueBytes)),
@@ -211,14 +225,18 @@ func New(cfg Config, sink pipeline.Sink, log *slog.Logger, opts ...Option) (*Ser
 		aggDone:   make(chan struct{}),
 		listeners: make(map[net.Listener]struct{}),
 		sessions:  make(map[*session.Session]*linkRT),
+		live:      make(map[*session.Session]*live),
+		byIdent:   make(map[string]*live),
+		floors:    make(map[string]floor),
 		equip:     make(map[*link.Conn]*linkRT),
 	}
 	for _, o := range opts {
 		o(s)
 	}
+	s.scfg.Hello = hello{s}
 	s.def = newLinkRT(Link{
 		Name: DefaultLink, MaxSessionsPerIP: cfg.MaxSessionsPerIP,
-		TLS: s.tls, Identity: s.identity, Allowed: s.allowed,
+		TLS: s.tls, Identity: s.identity, Allowed: s.allowed, AllowedName: s.allowedName,
 	}, cfg.MaxSessions)
 	s.forced, s.forceStop = context.WithCancel(context.Background())
 	s.stopDial, s.endDial = context.WithCancel(context.Background())
@@ -471,7 +489,11 @@ func (s *Server) serveConn(raw net.Conn, id, ip string, l *linkRT) {
 			}
 		}
 	}
-	if l.Allowed != nil && !l.Allowed(info.Station) {
+	if l.Allowed != nil && !l.Allowed(info.Station) && l.Ground == nil && info.TLSIdentity == "" {
+		// The remote IP is not allowed, but a v2 HELLO may name a station
+		// that is: the first frame decides (a v1 frame gets CLOSE 7).
+		info.Unverified = true
+	} else if l.Allowed != nil && !l.Allowed(info.Station) {
 		s.obs.Rejected(frame.ReasonUnauthorized)
 		s.log.Warn("station not authorized", "session", id, "station", info.Station, "link", l.Name)
 		if l.Ground != nil {
@@ -493,6 +515,7 @@ func (s *Server) serveConn(raw net.Conn, id, ip string, l *linkRT) {
 	sess := session.New(conn, info, s.scfg, s.agg, s.log, s.obs)
 	s.mu.Lock()
 	s.sessions[sess] = l
+	s.live[sess] = &live{sess: sess, done: make(chan struct{})}
 	shutting, drainAt := s.shutdown.Load(), s.drainAt // one view of both, under mu
 	s.mu.Unlock()
 	if shutting {
@@ -508,6 +531,13 @@ func (s *Server) serveConn(raw net.Conn, id, ip string, l *linkRT) {
 
 	reason := sess.Run(s.forced)
 	s.unqueued.Add(sess.Unqueued())
+	s.v2Ended(sess)
+	if reason == frame.ReasonUnauthorized {
+		// Refused once it said who it is (a v2 HELLO naming a station
+		// not allowed, or a v1 frame from an IP not allowed): counted
+		// with the refusals at connect.
+		s.obs.Rejected(reason)
+	}
 
 	s.obs.SessionEnded(reason)
 	if s.ended != nil {

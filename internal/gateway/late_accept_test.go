@@ -53,6 +53,7 @@ func (o *countingObserver) ObserveFrameSize(int)         {}
 func (o *countingObserver) Committed(int, time.Duration) {}
 func (o *countingObserver) HeartbeatSent()               {}
 func (o *countingObserver) AckSent()                     {}
+func (o *countingObserver) HeartbeatRTT(time.Duration)   {}
 
 // A connection that Accept returns just as Shutdown begins must not start a
 // session: Server.accept checks for shutdown under the lock that

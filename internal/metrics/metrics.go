@@ -43,6 +43,9 @@ type Metrics struct {
 	commitLatency   prometheus.Histogram
 	acceptErrors    prometheus.Counter
 	heartbeatsSent  prometheus.Counter
+	heartbeatRTT    prometheus.Histogram
+	superseded      prometheus.Counter
+	gapFrames       prometheus.Counter
 	acksSent        prometheus.Counter
 	rejected        *prometheus.CounterVec
 	tlsFailures     prometheus.Counter
@@ -106,6 +109,19 @@ func New(reg prometheus.Registerer) *Metrics {
 			Namespace: namespace, Name: "heartbeats_sent_total",
 			Help: "HEARTBEAT frames sent to stations.",
 		}),
+		heartbeatRTT: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "heartbeat_rtt_seconds",
+			Help:    "Round trip from a HEARTBEAT to the v2 station's PONG.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
+		superseded: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "sessions_superseded_total",
+			Help: "v2 sessions ended with CLOSE(9) because a newer session of the same station took over.",
+		}),
+		gapFrames: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "station_gap_frames_total",
+			Help: "Frames v2 stations reported lost (HELLO first above what is stored), marked Meridian-Gap in the stream.",
+		}),
 		acksSent: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: namespace, Name: "acks_sent_total",
 			Help: "ACK frames sent to stations.",
@@ -134,7 +150,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(
 		m.sessionsActive, m.sessionsEnded, m.framesReceived, m.bytesReceived,
 		m.frameSize, m.framesCommitted, m.commitLatency, m.acceptErrors,
-		m.heartbeatsSent, m.acksSent, m.rejected, m.tlsFailures,
+		m.heartbeatsSent, m.heartbeatRTT, m.superseded, m.gapFrames, m.acksSent, m.rejected, m.tlsFailures,
 	)
 	for _, c := range []prometheus.Collector{
 		collectors.NewGoCollector(),
@@ -211,6 +227,30 @@ func (m *Metrics) HeartbeatSent() {
 	m.heartbeatsSent.Inc()
 }
 
+// HeartbeatRTT observes the round trip of a HEARTBEAT answered by a PONG.
+func (m *Metrics) HeartbeatRTT(d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.heartbeatRTT.Observe(d.Seconds())
+}
+
+// Superseded counts a v2 session ended by a newer one of its station.
+func (m *Metrics) Superseded() {
+	if m == nil {
+		return
+	}
+	m.superseded.Inc()
+}
+
+// Gap counts frames a v2 station reported lost.
+func (m *Metrics) Gap(frames uint64) {
+	if m == nil {
+		return
+	}
+	m.gapFrames.Add(float64(frames))
+}
+
 // AckSent counts an ACK frame written to a station.
 func (m *Metrics) AckSent() {
 	if m == nil {
@@ -273,11 +313,13 @@ func (m *Metrics) QueueCapacity(frames int) {
 
 // StreamStats is what the durable sink reports; see Stream.
 type StreamStats struct {
-	Pending  int    // frames published and not yet acknowledged by JetStream
-	Down     bool   // the stream is not taking frames right now
-	Outages  uint64 // episodes of the stream not taking frames
-	Resent   uint64 // publishes retried (same Nats-Msg-Id)
-	Timeouts uint64 // PubAcks that did not come within the publish timeout
+	Pending int // frames published and not yet acknowledged by JetStream
+	// PendingBytes is their payload, bounded by --publish-window-bytes.
+	PendingBytes int64
+	Down         bool   // the stream is not taking frames right now
+	Outages      uint64 // episodes of the stream not taking frames
+	Resent       uint64 // publishes retried (same Nats-Msg-Id)
+	Timeouts     uint64 // PubAcks that did not come within the publish timeout
 	// Duplicates counts resent frames JetStream dropped because their
 	// original was stored (PubAck "duplicate": true).
 	Duplicates uint64
@@ -297,6 +339,10 @@ func (m *Metrics) Stream(stats func() StreamStats) {
 			Namespace: namespace, Name: "stream_pending_frames",
 			Help: "Frames published to JetStream and not yet acknowledged by it.",
 		}, func() float64 { return float64(stats().Pending) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "stream_pending_bytes",
+			Help: "Payload bytes of the frames published to JetStream and not yet acknowledged (bounded by --publish-window-bytes).",
+		}, func() float64 { return float64(stats().PendingBytes) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "stream_up",
 			Help: "1 while the stream takes frames, 0 during an outage (back-pressure on every station).",

@@ -52,6 +52,12 @@ type StationStatus struct {
 	LastFrameAt     time.Time `json:"last_frame_at,omitzero"`
 	FramesPerSecond float64   `json:"frames_per_second"` // recent receive rate
 	FramesAcked     uint64    `json:"frames_acked"`      // frames committed and acknowledged
+	// Protocol v2 only: the station's epoch, the station sequence the last
+	// ACK covers, and the last heartbeat round trip (0 before a PONG).
+	Protocol int     `json:"protocol,omitempty"` // 1 or 2; absent on ground framings
+	Epoch    uint64  `json:"epoch,omitempty"`
+	AckedSeq uint64  `json:"acked_seq,omitempty"`
+	RTTms    float64 `json:"rtt_ms,omitempty"`
 	// The link it came in on and its framing; Quality only on ground
 	// framings (docs/framing.md, section 8), whose frames are never acked.
 	Link    string        `json:"link,omitempty"`

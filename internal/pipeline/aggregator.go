@@ -130,7 +130,7 @@ func (a *Aggregator) BatchLimit() int { return max(1, int(a.limit/8)) }
 
 // weights are the units b takes of each bound.
 func (a *Aggregator) weights(b *Batch) (frames, bytes int64) {
-	return min(int64(b.Len()), a.limit), min(int64(b.footprint()), a.limitBytes)
+	return min(int64(b.Count()), a.limit), min(int64(b.footprint()), a.limitBytes)
 }
 
 // Put enqueues b, blocking while the queue is full. It fails, with the
@@ -167,8 +167,8 @@ func (a *Aggregator) Put(ctx context.Context, b *Batch) error {
 		return fmt.Errorf("%w: %w", ErrSinkFailed, err)
 	}
 	b.arm(a)
-	a.queued.Add(uint64(b.Len()))
-	a.depth.Add(int64(b.Len()))
+	a.queued.Add(uint64(b.Count()))
+	a.depth.Add(int64(b.Count()))
 	a.depthBytes.Add(m)
 	a.ch <- b // never blocks: every queued batch holds at least one frame unit
 	return nil
@@ -216,7 +216,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 				return err
 			}
 			n, m := a.weights(b)
-			a.depth.Add(-int64(b.Len()))
+			a.depth.Add(-int64(b.Count()))
 			a.depthBytes.Add(-m)
 			a.frames.Release(n)
 			a.bytes.Release(m)
@@ -259,7 +259,7 @@ func (a *Aggregator) run(ctx context.Context) error {
 		var frames, units, bytes int64
 		for _, b := range batches {
 			n, m := a.weights(b)
-			frames += int64(b.Len())
+			frames += int64(b.Count())
 			units += n
 			bytes += m
 		}

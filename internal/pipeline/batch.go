@@ -4,6 +4,7 @@
 package pipeline
 
 import (
+	"encoding/binary"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,8 +14,24 @@ import (
 type Frame struct {
 	Station  string    // station identity: remote IP, or TLS identity with mTLS
 	Session  string    // session id, gs-N@REMOTE_ADDR
-	Seq      uint64    // per-session sequence number, from 1
+	Seq      uint64    // v1: per-session sequence number, from 1; v2: the station's own
 	Received time.Time // when the gateway read it
+	// Epoch is the station's numbering in protocol v2, never 0 there; 0
+	// for a v1 frame. With it the sink names the message by station,
+	// epoch and Seq, so that JetStream drops a resend from any session.
+	Epoch uint64
+	// Acked (v2) is a floor under what is stored of this epoch: every
+	// frame up to it was stored before this one was read. Resuming reads
+	// it back from the stream (docs/protocol.md, "Where to resume").
+	Acked uint64
+	// Gap (v2) is the number of frames the station lost just before this
+	// one, set on the first frame after the loss.
+	Gap uint64
+	// Packed (v2, stream layout "packed") says Payload holds Count frames
+	// of the station, Seq to Seq+Count-1, each as a 4-byte big-endian
+	// length and its bytes: one message in the stream for all of them.
+	Packed bool
+	Count  uint32
 	// Payload is valid until the frame's batch is fully committed; a sink
 	// that needs it longer must copy it.
 	Payload []byte
@@ -59,6 +76,20 @@ type Owner interface {
 	Committed(b *Batch)
 }
 
+// Frames is the number of station frames f carries: Count when packed, else 1.
+func (f *Frame) Frames() int {
+	if f.Packed {
+		return int(f.Count)
+	}
+	return 1
+}
+
+// LastSeq is the sequence number of the last station frame f carries.
+func (f *Frame) LastSeq() uint64 { return f.Seq + uint64(f.Frames()) - 1 }
+
+// PackedRecord is the size a frame of n bytes takes in a packed payload.
+func PackedRecord(n int) int { return 4 + n }
+
 // Batch is a run of consecutive frames from one session. Batches come from
 // a pool so that the hot path allocates nothing per frame: payloads live in
 // one slab owned by the batch.
@@ -66,6 +97,9 @@ type Batch struct {
 	Frames []Frame
 	// Bytes is the sum of the payload sizes.
 	Bytes int
+	// count is the number of station frames: len(Frames), plus what packed
+	// frames carry beyond one each.
+	count int
 
 	owner   Owner
 	agg     *Aggregator // counts commits; set by Put
@@ -114,6 +148,7 @@ func (b *Batch) Release() {
 	clear(b.Frames) // drop payload and string references
 	b.Frames = b.Frames[:0]
 	b.Bytes = 0
+	b.count = 0
 	b.owner = nil
 	b.agg = nil
 	if cap(b.slab) != slabClasses[b.class] {
@@ -141,7 +176,39 @@ func (b *Batch) Add(f Frame) {
 	f.Payload = b.slab[start:len(b.slab):len(b.slab)]
 	b.Frames = append(b.Frames, f)
 	b.Bytes += len(f.Payload)
+	b.count += f.Frames()
 }
+
+// AddPacked appends one station frame to the batch's packed frame, which
+// it starts when the batch is empty (with f's metadata, Seq and Gap: the
+// first frame's). A packed batch holds that one frame only. The caller
+// checks Room for PackedRecord(len(f.Payload)) first, or adds one
+// oversized frame to an empty batch, which then owns a new buffer.
+func (b *Batch) AddPacked(f Frame) {
+	payload := f.Payload
+	need := PackedRecord(len(payload))
+	if len(b.Frames) == 0 {
+		if need > b.Room() {
+			b.slab = make([]byte, 0, need)
+		}
+		f.Packed, f.Count, f.Payload = true, 0, nil
+		b.Frames = append(b.Frames, f)
+	} else if need > b.Room() {
+		panic("pipeline: packed frame does not fit the batch")
+	}
+	pf := &b.Frames[0]
+	start := len(b.slab) - len(pf.Payload)
+	b.slab = binary.BigEndian.AppendUint32(b.slab, uint32(len(payload)))
+	b.slab = append(b.slab, payload...)
+	pf.Payload = b.slab[start:len(b.slab):len(b.slab)]
+	pf.Count++
+	b.Bytes += need
+	b.count++
+}
+
+// Count is the number of station frames in the batch; Len counts the
+// messages they make (a packed frame is one).
+func (b *Batch) Count() int { return b.count }
 
 // footprint is the memory the batch holds for its payloads: its slab.
 func (b *Batch) footprint() int { return cap(b.slab) }
@@ -149,12 +216,12 @@ func (b *Batch) footprint() int { return cap(b.slab) }
 // Len is the number of frames in the batch.
 func (b *Batch) Len() int { return len(b.Frames) }
 
-// LastSeq is the sequence number of the batch's last frame.
+// LastSeq is the sequence number of the batch's last station frame.
 func (b *Batch) LastSeq() uint64 {
 	if len(b.Frames) == 0 {
 		return 0
 	}
-	return b.Frames[len(b.Frames)-1].Seq
+	return b.Frames[len(b.Frames)-1].LastSeq()
 }
 
 // arm prepares the batch to count commits; the queue calls it on Put.
@@ -171,7 +238,7 @@ func (b *Batch) Commit(n int) {
 	left := b.pending.Add(-int64(n))
 	if left == 0 {
 		if b.agg != nil {
-			b.agg.committed.Add(uint64(len(b.Frames)))
+			b.agg.committed.Add(uint64(b.count))
 		}
 		b.owner.Committed(b)
 	} else if left < 0 {

@@ -53,13 +53,13 @@ func (b *inbuf) buffered() int { return b.w - b.r }
 // consumes it. The payload aliases the buffer until the next room call.
 // frame.ErrShort means the buffer holds no whole frame; other errors are
 // protocol violations and consume nothing.
-func (b *inbuf) next(max uint32) (payload []byte, err error) {
-	payload, n, err := frame.Split(b.buf[b.r:b.w], max)
+func (b *inbuf) next(max uint32) (payload []byte, control bool, err error) {
+	payload, n, control, err := frame.SplitAny(b.buf[b.r:b.w], max)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	b.r += n
-	return payload, nil
+	return payload, control, nil
 }
 
 // discard drops everything buffered.
@@ -178,11 +178,11 @@ func (b *inbuf) putPooled() {
 func (b *inbuf) countWhole(max uint32) (n uint64) {
 	rest := b.buf[b.r:b.w]
 	for {
-		p, used, err := frame.Split(rest, max)
+		p, used, control, err := frame.SplitAny(rest, max)
 		if err != nil {
 			return n // a partial frame, or the violation that ends the session
 		}
-		if len(p) > 0 {
+		if len(p) > 0 && !control {
 			n++
 		}
 		rest = rest[used:]

@@ -238,7 +238,7 @@ func TestInbufGrowsWithWhatArrives(t *testing.T) {
 	hdr := frame.AppendHeader(nil, maxFrame-4)
 	room := b.room(false)
 	b.wrote(copy(room, hdr))
-	if _, err := b.next(maxFrame); !errors.Is(err, frame.ErrShort) {
+	if _, _, err := b.next(maxFrame); !errors.Is(err, frame.ErrShort) {
 		t.Fatalf("next = %v", err)
 	}
 	// Feed the frame in full reads: past the pooled sizes the buffer holds
@@ -274,13 +274,13 @@ func TestInbufGrowsWithWhatArrives(t *testing.T) {
 		c.wrote(n)
 		pos += n
 		for {
-			if _, err := c.next(maxFrame); err != nil {
+			if _, _, err := c.next(maxFrame); err != nil {
 				break
 			}
 		}
 	}
 	for {
-		if _, err := c.next(maxFrame); err != nil {
+		if _, _, err := c.next(maxFrame); err != nil {
 			break
 		}
 	}
@@ -302,11 +302,11 @@ func FuzzInbuf(f *testing.F) {
 	f.Add([]byte{0x80, 0, 0, 1, 1}, uint64(4))
 	f.Fuzz(func(t *testing.T, input []byte, seed uint64) {
 		const maxFrame = 1 << 20
-		// The reference: frame.Split over the whole input at once.
+		// The reference: frame.SplitAny over the whole input at once.
 		var want [][]byte
 		var wantErr error
 		for rest := input; ; {
-			p, n, err := frame.Split(rest, maxFrame)
+			p, n, _, err := frame.SplitAny(rest, maxFrame)
 			if err != nil {
 				if !errors.Is(err, frame.ErrShort) {
 					wantErr = err
@@ -336,7 +336,7 @@ func FuzzInbuf(f *testing.F) {
 				t.Fatalf("buffer of %d bytes holding %d of the frame in progress", len(b.buf), have)
 			}
 			for {
-				p, err := b.next(maxFrame)
+				p, _, err := b.next(maxFrame)
 				if err != nil {
 					if !errors.Is(err, frame.ErrShort) {
 						gotErr = err
@@ -346,7 +346,7 @@ func FuzzInbuf(f *testing.F) {
 				got = append(got, bytes.Clone(p))
 			}
 		}
-		for _, sentinel := range []error{frame.ErrTooLarge, frame.ErrControl} {
+		for _, sentinel := range []error{frame.ErrTooLarge, frame.ErrMalformed} {
 			if errors.Is(gotErr, sentinel) != errors.Is(wantErr, sentinel) {
 				t.Fatalf("error %v, want %v", gotErr, wantErr)
 			}

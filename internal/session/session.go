@@ -18,10 +18,12 @@ package session
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -40,6 +42,31 @@ type Config struct {
 	// that fall due sooner are coalesced into one. Zero means 5 ms, well
 	// inside the 50 ms the protocol promises.
 	AckInterval time.Duration
+	// Hello admits protocol v2 stations; nil refuses a HELLO with CLOSE(5),
+	// as a v1 gateway does.
+	Hello Handshaker
+	// Packed puts every batch of a v2 session in one stream message (the
+	// "packed" stream layout), one batch in flight at a time.
+	Packed bool
+	// HelloTimeout bounds the wait for the first frame of an unverified
+	// connection (Info.Unverified), which must be a HELLO naming an allowed
+	// station: like a TLS handshake, a peer not yet known gets a short time
+	// to say who it is. Zero means the idle timeout.
+	HelloTimeout time.Duration
+}
+
+// Handshaker decides what a v2 station's HELLO gets: the gateway's identity
+// rules, the supersede of an older session of the same station, and where
+// to resume. A non-zero reason refuses the session with that CLOSE.
+type Handshaker interface {
+	Hello(ctx context.Context, s *Session, h frame.Hello) (Welcome, frame.Reason, error)
+}
+
+// Welcome is the handshaker's answer to a HELLO.
+type Welcome struct {
+	Station string // the station's identity from now on
+	Next    uint64 // the sequence number the station sends next; ≥ HELLO's first
+	Gap     uint64 // frames the station lost just before Next: marked on the first frame stored
 }
 
 // Queue is where sessions put batches: the aggregator.
@@ -62,6 +89,7 @@ type Observer interface {
 	Committed(frames int, latency time.Duration)
 	HeartbeatSent()
 	AckSent()
+	HeartbeatRTT(d time.Duration)
 }
 
 type nopObserver struct{}
@@ -71,6 +99,7 @@ func (nopObserver) ObserveFrameSize(int)         {}
 func (nopObserver) Committed(int, time.Duration) {}
 func (nopObserver) HeartbeatSent()               {}
 func (nopObserver) AckSent()                     {}
+func (nopObserver) HeartbeatRTT(time.Duration)   {}
 
 // Info describes a session for logs and /stations.
 type Info struct {
@@ -78,6 +107,12 @@ type Info struct {
 	Station     string // identity: remote IP, or TLS identity
 	RemoteAddr  string
 	TLSIdentity string
+	// Unverified says the connection's own identity (the remote IP) is not
+	// allowed: only a v2 HELLO naming an allowed station may go on, and a
+	// v1 station gets CLOSE(7) at its first frame.
+	Unverified bool
+	// Protocol v2 only, once WELCOME was sent.
+	Epoch uint64
 }
 
 // Session is one station connection. Create it with New and call Run once:
@@ -87,14 +122,20 @@ type Session struct {
 	conn  net.Conn
 	cfg   Config
 	queue Queue
-	log   *slog.Logger
-	obs   Observer
-	start time.Time
+	log   *slog.Logger // with the session and station; owned by Run after New
+	// baseLog is the gateway's logger, for a v2 HELLO to name the station.
+	baseLog *slog.Logger
+	obs     Observer
+	start   time.Time
 
 	commits commitLog
 	ctl     *controlWriter // immutable after New
 
 	// Reader state, owned by Run.
+	proto     int    // 0 until the first frame decides, then 1 or 2
+	station   string // identity the frames carry; a HELLO may name it
+	epoch     uint64 // v2
+	gapDue    uint64 // v2: frames lost before the next frame, marked on it
 	in        inbuf
 	sawEOF    bool   // the station half-closed: nothing more to read
 	seq       uint64 // sequence number of the last frame added to a batch
@@ -107,6 +148,16 @@ type Session struct {
 	// Shutdown signalling from the gateway.
 	draining atomic.Bool
 	drainAt  atomic.Int64 // unix nanos, set once; valid once draining
+
+	// Protocol v2, for other goroutines: the identity and epoch after the
+	// HELLO, the ACK's base (next-1), the last heartbeat round trip.
+	v2info     atomic.Pointer[Info]
+	base       atomic.Uint64
+	rtt        atomic.Int64 // nanoseconds; 0 before the first PONG
+	superseded atomic.Bool
+	ending     atomic.Bool   // the reader is done: the session is ending on its own
+	supersede  chan struct{} // closed by Supersede
+	supOnce    sync.Once
 
 	// Counters for logs and /stations.
 	frames    atomic.Uint64
@@ -124,29 +175,61 @@ func New(conn net.Conn, info Info, cfg Config, q Queue, log *slog.Logger, obs Ob
 		obs = nopObserver{}
 	}
 	s := &Session{
-		info:  info,
-		conn:  conn,
-		cfg:   cfg,
-		queue: q,
-		log:   log.With("session", info.ID, "station", info.Station),
-		obs:   obs,
-		start: time.Now(),
+		info:      info,
+		conn:      conn,
+		cfg:       cfg,
+		queue:     q,
+		log:       log.With("session", info.ID, "station", info.Station),
+		baseLog:   log,
+		obs:       obs,
+		start:     time.Now(),
+		station:   info.Station,
+		supersede: make(chan struct{}),
 	}
 	s.in.init()
 	s.ctl = newControlWriter(conn, cfg, s.commits.acked.Load, s.log, obs)
 	return s
 }
 
-// Info returns the session's identity.
-func (s *Session) Info() Info { return s.info }
+// Info returns the session's identity: after a v2 HELLO, the identity the
+// handshake settled and the epoch.
+func (s *Session) Info() Info {
+	if v := s.v2info.Load(); v != nil {
+		return *v
+	}
+	return s.info
+}
+
+// Supersede ends the session because a newer one of the same station took
+// over: it stops reading at once, and ends with its final ACK once the sink
+// has everything queued, CLOSE(9) and FIN. Frames it read and had not queued
+// are dropped: they were never acknowledged, and the station sends them to
+// its new session. Safe from any goroutine, also during the handshake, which
+// then fails with CLOSE(9).
+func (s *Session) Supersede() {
+	s.supOnce.Do(func() {
+		s.superseded.Store(true)
+		close(s.supersede)
+		_ = s.conn.SetReadDeadline(time.Unix(1, 0)) // wake a blocked Read
+	})
+}
+
+// Ending reports whether the session stopped reading and is ending (final
+// ACK, CLOSE, FIN) for a reason of its own.
+func (s *Session) Ending() bool { return s.ending.Load() }
+
+// Superseded is closed once Supersede was called.
+func (s *Session) Superseded() <-chan struct{} { return s.supersede }
 
 // Stats is a snapshot of the session's counters.
 type Stats struct {
 	Since     time.Time
 	Frames    uint64
 	Bytes     uint64
-	LastFrame time.Time // zero before the first frame
-	Acked     uint64
+	LastFrame time.Time     // zero before the first frame
+	Acked     uint64        // frames of this session acknowledged
+	AckedSeq  uint64        // v2: the station sequence acknowledged (every frame up to it stored)
+	RTT       time.Duration // v2: last heartbeat round trip; 0 before the first PONG
 }
 
 // Stats returns the session's counters; safe from any goroutine.
@@ -155,7 +238,11 @@ func (s *Session) Stats() Stats {
 		Since:  s.start,
 		Frames: s.frames.Load(),
 		Bytes:  s.bytes.Load(),
-		Acked:  s.commits.acked.Load(),
+		Acked:  s.commits.acked.Load() - min(s.commits.acked.Load(), s.base.Load()),
+		RTT:    time.Duration(s.rtt.Load()),
+	}
+	if s.v2info.Load() != nil {
+		st.AckedSeq = max(s.base.Load(), s.commits.acked.Load())
 	}
 	if t := s.lastFrame.Load(); t != 0 {
 		st.LastFrame = time.Unix(0, t)
@@ -217,7 +304,7 @@ func (s *Session) readLoop(ctx context.Context) (reason frame.Reason, graceful b
 			return r, r != frame.ReasonReadError, err
 		}
 		if stopAfter {
-			return frame.ReasonShutdown, true, nil
+			return r, true, nil
 		}
 		if err := s.fill(); err != nil {
 			return s.classify(err)
@@ -229,6 +316,10 @@ func (s *Session) readLoop(ctx context.Context) (reason frame.Reason, graceful b
 // Once the drain deadline has passed it takes at most one more frame — the
 // one in progress — and then reports stop: whatever follows is not taken.
 func (s *Session) consume(ctx context.Context) (stop bool, reason frame.Reason, err error) {
+	if s.superseded.Load() {
+		s.in.discard() // consume flushed its batch last time: none is open
+		return true, frame.ReasonSuperseded, nil
+	}
 	drainOver := s.draining.Load() && time.Now().UnixNano() >= s.drainAt.Load()
 	var now time.Time // one receive time per read: the frames arrived together
 	taken := 0
@@ -237,8 +328,13 @@ func (s *Session) consume(ctx context.Context) (stop bool, reason frame.Reason, 
 			s.in.discard()
 			break
 		}
+		if s.superseded.Load() {
+			// Stop taking frames at once; what is queued is still ACKed.
+			s.in.discard()
+			return true, frame.ReasonSuperseded, s.flushBatch(ctx)
+		}
 		before := s.in.buffered()
-		payload, err := s.in.next(s.cfg.MaxFrame)
+		payload, control, err := s.in.next(s.cfg.MaxFrame)
 		if err != nil {
 			if errors.Is(err, frame.ErrShort) {
 				break
@@ -253,6 +349,25 @@ func (s *Session) consume(ctx context.Context) (stop bool, reason frame.Reason, 
 		}
 		s.consumed += uint64(before - s.in.buffered())
 		taken++
+		if control {
+			if err := s.flushBatch(ctx); err != nil {
+				return false, putFailed(err), err
+			}
+			if r, err := s.control(ctx, payload); err != nil {
+				return false, r, err
+			}
+			if s.superseded.Load() {
+				s.in.discard()
+				return true, frame.ReasonSuperseded, nil
+			}
+			continue
+		}
+		if s.proto == 0 {
+			if s.info.Unverified {
+				return false, frame.ReasonUnauthorized, errNotAllowed
+			}
+			s.proto = 1
+		}
 		if len(payload) == 0 {
 			continue // keepalive: it reset the idle deadline by arriving
 		}
@@ -268,7 +383,63 @@ func (s *Session) consume(ctx context.Context) (stop bool, reason frame.Reason, 
 	}
 	// With the drain over and a frame still in progress, reading goes on
 	// (within the frame timeout) until that frame is whole.
-	return drainOver && (taken > 0 || s.in.buffered() == 0), 0, nil
+	return drainOver && (taken > 0 || s.in.buffered() == 0), frame.ReasonShutdown, nil
+}
+
+// errNotAllowed ends an unverified connection whose first frame is no HELLO.
+var errNotAllowed = errors.New("session: station not authorized (no HELLO naming an allowed station)")
+
+// control handles a station control frame: the HELLO that opens a v2
+// session, and PONG. Anything else, or either out of place, is CLOSE(5).
+func (s *Session) control(ctx context.Context, payload []byte) (frame.Reason, error) {
+	c, err := frame.ParseStationControl(payload)
+	if err != nil {
+		return frame.ReasonControl, err
+	}
+	switch {
+	case c.Type == frame.CtlPong && s.proto == 2:
+		if d, ok := s.ctl.pong(time.Now()); ok {
+			s.rtt.Store(int64(d))
+			s.obs.HeartbeatRTT(d)
+		}
+		return 0, nil
+	case c.Type == frame.CtlHello && s.proto == 0 && s.cfg.Hello != nil:
+		return s.hello(ctx, c.Hello)
+	case c.Type == frame.CtlHello && s.proto == 0:
+		return frame.ReasonControl, errors.New("session: HELLO: this gateway speaks protocol v1 only here")
+	case c.Type == frame.CtlHello:
+		return frame.ReasonControl, errors.New("session: HELLO is not the first frame")
+	}
+	return frame.ReasonControl, fmt.Errorf("session: %s in a v1 session", c.Type)
+}
+
+// hello runs the v2 handshake on the reader's goroutine: the station waits
+// for the WELCOME before it sends a frame, so nothing is read meanwhile.
+func (s *Session) hello(ctx context.Context, h frame.Hello) (frame.Reason, error) {
+	s.proto = 2
+	w, reason, err := s.cfg.Hello.Hello(ctx, s, h)
+	if reason != 0 {
+		if err == nil {
+			err = errors.New("session: HELLO refused")
+		}
+		return reason, err
+	}
+	if err != nil {
+		return frame.ReasonInternalError, err
+	}
+	if w.Next < h.First {
+		return frame.ReasonInternalError, fmt.Errorf("session: handshake resumes at %d, below the station's first %d", w.Next, h.First)
+	}
+	s.station, s.epoch, s.gapDue = w.Station, h.Epoch, w.Gap
+	s.seq = w.Next - 1
+	info := s.info
+	info.Station, info.Epoch, info.Unverified = w.Station, h.Epoch, false
+	s.base.Store(w.Next - 1) // before v2info: Stats reads base once it sees v2info
+	s.v2info.Store(&info)
+	s.log = s.baseLog.With("session", s.info.ID, "station", w.Station, "epoch", h.Epoch)
+	s.ctl.welcome(frame.AppendWelcome(nil, frame.Version2, h.Epoch, w.Next), w.Next-1)
+	s.log.Info("station said HELLO", "next", w.Next, "first", h.First, "gap", w.Gap)
+	return 0, nil
 }
 
 // putFailed is the session's end after the queue refused a batch: the sink
@@ -283,7 +454,12 @@ func putFailed(err error) frame.Reason {
 // add copies one data frame into the current batch, queueing the batch first
 // when it is full.
 func (s *Session) add(ctx context.Context, payload []byte, now time.Time) error {
-	if s.batch != nil && (s.batch.Room() < len(payload) || s.batch.Len() >= s.queue.BatchLimit()) {
+	packed := s.proto == 2 && s.cfg.Packed
+	need := len(payload)
+	if packed {
+		need = pipeline.PackedRecord(len(payload))
+	}
+	if s.batch != nil && (s.batch.Room() < need || s.batch.Count() >= s.queue.BatchLimit()) {
 		if err := s.flushBatch(ctx); err != nil {
 			s.unqueued++ // this frame too was taken from the station, never queued
 			return err
@@ -291,16 +467,27 @@ func (s *Session) add(ctx context.Context, payload []byte, now time.Time) error 
 	}
 	if s.batch == nil {
 		// What is buffered bounds what this batch can take from this read.
-		s.batch = pipeline.NewBatch(s, len(payload)+s.in.buffered())
+		// A packed record takes what its frame took in the buffer.
+		s.batch = pipeline.NewBatch(s, need+s.in.buffered())
 	}
 	s.seq++
-	s.batch.Add(pipeline.Frame{
-		Station:  s.info.Station,
+	f := pipeline.Frame{
+		Station:  s.station,
 		Session:  s.info.ID,
 		Seq:      s.seq,
 		Received: now,
 		Payload:  payload,
-	})
+	}
+	if s.proto == 2 {
+		f.Epoch, f.Gap = s.epoch, s.gapDue
+		f.Acked = max(s.base.Load(), s.commits.acked.Load())
+		s.gapDue = 0
+	}
+	if packed {
+		s.batch.AddPacked(f)
+	} else {
+		s.batch.Add(f)
+	}
 	s.obs.ObserveFrameSize(len(payload))
 	return nil
 }
@@ -313,8 +500,27 @@ func (s *Session) flushBatch(ctx context.Context) error {
 		return nil
 	}
 	s.batch = nil
+	frames, bytes, last := b.Count(), b.Bytes, b.Frames[b.Len()-1].Received
+	if b.Frames[0].Packed {
+		bytes -= pipeline.PackedRecord(0) * frames // payload bytes, as for a frame of its own
+		// One packed message of a session in flight at a time: the
+		// stream then holds a prefix of the epoch at every moment, so
+		// the last message says exactly where to resume (docs/protocol.md,
+		// "The packed layout"). The station's bytes wait in the socket
+		// meanwhile, and the next read takes them all at once.
+		if err := s.commits.wait(ctx, s.queue.Failed()); err != nil {
+			s.seq -= uint64(frames)
+			s.unqueued += uint64(frames)
+			b.Release()
+			if errors.Is(err, errSinkFailed) {
+				return pipeline.ErrSinkFailed
+			}
+			return err
+		}
+		// Everything before it is stored now: its floor is exact.
+		b.Frames[0].Acked = max(s.base.Load(), s.commits.acked.Load())
+	}
 	s.commits.append(b)
-	frames, bytes, last := b.Len(), b.Bytes, b.Frames[b.Len()-1].Received
 	if err := s.queue.Put(ctx, b); err != nil {
 		// Never queued: take it back so that nothing waits for it. Its
 		// frames were never acknowledged, so the station resends them.
@@ -352,6 +558,9 @@ func (s *Session) fill() error {
 		// An error here means the connection is closed (net.Pipe says so
 		// even when only the peer closed); the Read below reports how.
 		_ = s.conn.SetReadDeadline(rd)
+		if s.superseded.Load() {
+			return errSuperseded
+		}
 		// GoAway may have poked the deadline between deadline() and the
 		// set above; if so, the drain state is new and d may be stale.
 		if s.draining.Load() && !d.Equal(s.deadline()) {
@@ -364,6 +573,9 @@ func (s *Session) fill() error {
 		}
 		if err == nil {
 			continue
+		}
+		if s.superseded.Load() {
+			return errSuperseded
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) && time.Now().Before(d) {
 			if linger {
@@ -402,6 +614,11 @@ func (s *Session) deadline() time.Time {
 	} else {
 		d = time.Now().Add(s.cfg.IdleTimeout)
 	}
+	if s.info.Unverified && s.proto == 0 && s.cfg.HelloTimeout > 0 {
+		if h := s.start.Add(s.cfg.HelloTimeout); h.Before(d) {
+			d = h
+		}
+	}
 	if s.inFrame() {
 		f := s.partialT.Add(s.cfg.FrameTimeout)
 		if s.draining.Load() || f.Before(d) {
@@ -416,9 +633,22 @@ func (s *Session) inFrame() bool {
 	return s.in.buffered() >= frame.HeaderSize && !s.partialT.IsZero() && s.partialAt == s.consumed
 }
 
+// errSuperseded ends a read that Supersede woke.
+var errSuperseded = errors.New("session: superseded by a newer session of the station")
+
 // classify turns a read error into the session's end.
 func (s *Session) classify(err error) (frame.Reason, bool, error) {
+	if s.info.Unverified && s.proto == 0 && !errors.Is(err, errSuperseded) {
+		// Never said who it is: whatever ended the wait, it is refused.
+		if errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) {
+			s.sawEOF = s.sawEOF || errors.Is(err, io.EOF)
+			return frame.ReasonUnauthorized, true, errNotAllowed
+		}
+	}
 	switch {
+	case errors.Is(err, errSuperseded):
+		s.in.discard()
+		return frame.ReasonSuperseded, true, nil
 	case errors.Is(err, io.EOF):
 		s.sawEOF = true
 		if s.in.buffered() == 0 {
@@ -446,7 +676,7 @@ func (s *Session) classify(err error) (frame.Reason, bool, error) {
 // Committed is called by the sink side once every frame of b is accepted.
 // ACKs are cumulative, so the count moves only over a prefix of batches.
 func (s *Session) Committed(b *pipeline.Batch) {
-	s.obs.Committed(b.Len(), time.Since(b.Frames[0].Received))
+	s.obs.Committed(b.Count(), time.Since(b.Frames[0].Received))
 	var arr [4]*pipeline.Batch
 	release, moved := s.commits.commit(b, arr[:0])
 	for _, rb := range release {
@@ -460,6 +690,7 @@ func (s *Session) Committed(b *pipeline.Batch) {
 // finish ends the session: the final ACK once the sink has everything the
 // session read, the CLOSE when the gateway has a reason to give, then FIN.
 func (s *Session) finish(ctx context.Context, reason frame.Reason, graceful bool, cause error) frame.Reason {
+	s.ending.Store(true)
 	if graceful && ctx.Err() == nil {
 		// The wait is bounded by the forced stop (ctx): a sink that never
 		// accepts cannot hold a session beyond the shutdown grace. A sink
@@ -472,12 +703,21 @@ func (s *Session) finish(ctx context.Context, reason frame.Reason, graceful bool
 			graceful = false
 		}
 	}
-	out, usable := s.ctl.close(s.commits.acked.Load(), reason)
+	var out []byte
+	var usable bool
+	refused := s.info.Unverified && s.proto == 0 && reason == frame.ReasonUnauthorized
+	if refused {
+		// Refused before its first frame said who it is: CLOSE alone, as
+		// a station refused at connect time gets.
+		out, usable = s.ctl.closeRefused(reason)
+	} else {
+		out, usable = s.ctl.close(max(s.base.Load(), s.commits.acked.Load()), reason)
+	}
 	if graceful && usable && ctx.Err() == nil {
 		_ = s.conn.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 		if _, err := s.conn.Write(out); err != nil {
 			s.log.Debug("final ACK not delivered", "err", err)
-		} else {
+		} else if !refused {
 			s.obs.AckSent()
 		}
 		CloseWrite(s.conn)

@@ -43,6 +43,16 @@ type controlWriter struct {
 	hbTimer   *time.Timer
 	acking    bool   // the last write carried an ACK: frames are flowing
 	buf       []byte // the writer's output; owned by the writer while writing
+
+	// Protocol v2, set by welcome: the WELCOME goes out before any ACK
+	// (a HEARTBEAT or GOAWAY that fell due during the handshake may precede
+	// it), ACKs are absolute (at least base, next-1), and heartbeats go out
+	// on schedule even while ACKs flow, for the PONGs that time the round
+	// trip.
+	v2         bool
+	welcomeDue []byte
+	base       uint64
+	hbSentAt   time.Time // last HEARTBEAT written and not yet answered; zero if none
 }
 
 func newControlWriter(conn net.Conn, cfg Config, acked func() uint64, log *slog.Logger, obs Observer) *controlWriter {
@@ -60,6 +70,33 @@ func newControlWriter(conn net.Conn, cfg Config, acked func() uint64, log *slog.
 		w.hbTimer = time.AfterFunc(w.heartbeat, w.heartbeatDue)
 	}
 	return w
+}
+
+// welcome queues the v2 WELCOME frame and makes the session's ACKs absolute
+// from base (next-1): an ACK says base + the session's count. The station
+// knows base already from the WELCOME, so no ACK of it alone is sent.
+func (w *controlWriter) welcome(msg []byte, base uint64) {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return
+	}
+	w.v2, w.welcomeDue, w.base, w.ackSent = true, msg, base, base
+	w.mu.Unlock()
+	w.kick()
+}
+
+// pong takes the station's answer to the last HEARTBEAT and returns the
+// round trip; false when no heartbeat was waiting for one.
+func (w *controlWriter) pong(now time.Time) (time.Duration, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.hbSentAt.IsZero() {
+		return 0, false
+	}
+	d := now.Sub(w.hbSentAt)
+	w.hbSentAt = time.Time{}
+	return d, true
 }
 
 // goAway queues a GOAWAY; after close it does nothing (close has already
@@ -185,8 +222,10 @@ func (w *controlWriter) run() {
 			w.obs.HeartbeatSent()
 		}
 		w.mu.Lock()
-		if w.hbTimer != nil {
-			w.hbTimer.Reset(w.heartbeat) // any write proves we are alive
+		if w.hbTimer != nil && (!w.v2 || hbs > 0) {
+			// Any write proves we are alive; in v2 only a heartbeat
+			// restarts the schedule, so that PONGs keep timing the link.
+			w.hbTimer.Reset(w.heartbeat)
 		}
 		w.mu.Unlock()
 	}
@@ -197,11 +236,15 @@ func (w *controlWriter) run() {
 // long to wait for it instead.
 func (w *controlWriter) gatherLocked(now time.Time) (out []byte, wait time.Duration, acks, hbs int) {
 	out = w.buf[:0]
+	if w.welcomeDue != nil {
+		out = append(out, w.welcomeDue...)
+		w.welcomeDue = nil
+	}
 	if w.goAwayDue {
 		w.goAwayDue = false
 		out = frame.AppendGoAway(out)
 	}
-	if ack := w.acked(); ack > w.ackSent {
+	if ack := max(w.base, w.acked()); ack > w.ackSent {
 		if d := w.ackInterval - now.Sub(w.lastAckAt); d > 0 {
 			wait = d
 		} else {
@@ -213,9 +256,10 @@ func (w *controlWriter) gatherLocked(now time.Time) (out []byte, wait time.Durat
 	}
 	if w.hbDue {
 		w.hbDue = false
-		if len(out) == 0 { // any other frame already shows we are alive
+		if len(out) == 0 || w.v2 { // any other frame already shows we are alive
 			out = frame.AppendHeartbeat(out)
 			hbs++
+			w.hbSentAt = now
 		}
 	}
 	return out, wait, acks, hbs
@@ -229,6 +273,16 @@ func (w *controlWriter) gatherLocked(now time.Time) (out []byte, wait time.Durat
 // write failed: the stream to the station may then hold half a frame, and
 // nothing more may be written. A later goAway or kick does nothing.
 func (w *controlWriter) close(ack uint64, reason frame.Reason) (due []byte, usable bool) {
+	return w.closeWith(&ack, reason)
+}
+
+// closeRefused is close for a connection refused before it said who it is:
+// no final ACK, only the CLOSE, as a refusal at connect time sends.
+func (w *controlWriter) closeRefused(reason frame.Reason) (due []byte, usable bool) {
+	return w.closeWith(nil, reason)
+}
+
+func (w *controlWriter) closeWith(ack *uint64, reason frame.Reason) (due []byte, usable bool) {
 	w.mu.Lock()
 	w.closed = true
 	w.mu.Unlock()
@@ -243,11 +297,17 @@ func (w *controlWriter) close(ack uint64, reason frame.Reason) (due []byte, usab
 		w.hbTimer.Stop()
 	}
 	due = w.buf[:0]
+	if w.welcomeDue != nil {
+		due = append(due, w.welcomeDue...) // a refused handshake never has one
+		w.welcomeDue = nil
+	}
 	if w.goAwayDue {
 		due = frame.AppendGoAway(due) // the drain ended before the writer ran
 		w.goAwayDue = false
 	}
-	due = frame.AppendAck(due, ack)
+	if ack != nil {
+		due = frame.AppendAck(due, *ack)
+	}
 	if reason.Wire() {
 		due = frame.AppendClose(due, reason, reason.Text())
 	}

@@ -29,7 +29,7 @@ func NewDiscard() *Discard { return &Discard{} }
 // Write implements pipeline.Sink.
 func (d *Discard) Write(_ context.Context, batches []*pipeline.Batch) error {
 	for _, b := range batches {
-		d.frames.Add(uint64(b.Len()))
+		d.frames.Add(uint64(b.Count()))
 		d.bytes.Add(uint64(b.Bytes))
 		b.Commit(b.Len())
 	}

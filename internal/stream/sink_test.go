@@ -3,12 +3,15 @@ package stream
 import (
 	"bytes"
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/meridian-telemetry/meridian/internal/pipeline"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // fakePub is a publisher whose PublishMsg can be held, as a publish blocked
@@ -161,13 +164,21 @@ func TestResendHeldPublish(t *testing.T) {
 }
 
 // TestWriteHeldPublish: messages Write reserved but has not published yet
-// are never picked for a resend, even after a reconnect and an expiry
-// marked them (the reserve/resend race of the durable-path issue); a
-// PubAck that arrives while Write's publish is held is committed by Write
-// once the publish returned.
+// are never picked for a resend, even after a reconnect and an expiry of
+// their PubAck deadline during the publish (the reserve/resend race of issue
+// 9); a PubAck that arrives while Write's publish is held is committed by
+// Write once the publish returned, and every frame is committed once.
 func TestWriteHeldPublish(t *testing.T) {
 	f := newFakePub()
-	s := fakeSink(t, f)
+	clock := newFakeClock()
+	s, err := newSink(f, fakePrefix, SinkOptions{Window: 8, Timeout: time.Hour, BootID: "boot", clock: clock.now}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.connected.Store(true)
+	close(s.done) // no resend loop: the test ticks the window itself
+	t.Cleanup(func() { _ = s.Close() })
+	resend := s.publishWith(newMsgBuilder())
 	rec := newRecorder()
 	agg := runAggregator(t, s, 16)
 	fd := newFeeder("10.9.8.6", 1, rec)
@@ -178,22 +189,16 @@ func TestWriteHeldPublish(t *testing.T) {
 	}
 	<-f.held // Write holds the first of its two frames
 
-	// Both the reconnect and the expiry of their PubAck deadline mark
-	// them for a resend while Write still reads their batch.
-	later := time.Now().Add(2 * time.Hour) // past the 1h publish timeout
-	s.mu.Lock()
-	s.expireLocked(later)
-	expired := s.failed
-	s.mu.Unlock()
-	if expired != 2 {
-		t.Fatalf("%d messages expired, want both of Write's", expired)
-	}
+	// Both the reconnect and the expiry of any deadline come while Write
+	// still reads the batch: a resend round must not touch its frames.
+	clock.advance(2 * time.Hour) // past the 1h publish timeout
 	s.resendFromReconnect()
-	s.mu.Lock()
-	work := s.markResendLocked(nil, later)
-	s.mu.Unlock()
-	if len(work) != 0 {
-		t.Fatalf("picked %d messages Write has not published for a resend", len(work))
+	s.win.Tick(resend)
+	if n := f.count(); n != 0 {
+		t.Fatalf("%d messages resent that Write has not published yet", n)
+	}
+	if st := s.Stats(); st.Timeouts != 0 || st.Unacked != 2 || st.UnackedBytes != 2*64 {
+		t.Fatalf("stats while Write publishes: %+v; want no timeout and 2 unacknowledged (128 bytes)", st)
 	}
 	within(t, "Check", func() { _ = s.Check() })
 	within(t, "onAck", func() { s.onAck(pubAck("1")) })
@@ -201,14 +206,47 @@ func TestWriteHeldPublish(t *testing.T) {
 		t.Fatal("committed while Write was publishing the batch")
 	}
 	release()
-	// The second frame is due for a resend (the reconnect marked it); its
-	// PubAck completes the batch.
-	eventually(t, "both frames published", func() bool { return f.count() >= 2 })
+	eventually(t, "Write's two publishes", func() bool { return f.count() == 2 })
+	// Frame 1 has its PubAck; frame 2 was published during the reconnect
+	// and is resent now.
+	eventually(t, "frame 2 waiting for its resend", func() bool {
+		s.win.Tick(resend)
+		return f.count() == 3
+	})
+	if got := f.last().reply; got != fakePrefix+"2" {
+		t.Fatalf("resent %q, want message 2", got)
+	}
 	s.onAck(pubAck("2"))
 	eventually(t, "the batch committed", func() bool { return rec.count() == 2 })
 	if err := s.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	if st := s.Stats(); st.Resent != 1 || st.Unacked != 0 || st.UnackedBytes != 0 {
+		t.Errorf("stats after the batch: %+v; want one resend and nothing in flight", st)
+	}
+	// Late PubAcks change nothing (the recorder panics on a second commit).
+	s.onAck(pubAck("1"))
+	s.onAck(pubAck("2"))
+}
+
+// fakeClock is a clock the test advances.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{t: time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)} }
+
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
 }
 
 // TestStatsDownSince: DownSince is zero while the stream takes frames and
@@ -285,7 +323,7 @@ func TestMsgIDInProcessIsNoOutage(t *testing.T) {
 	eventually(t, "the commit", func() bool { return rec.count() == 1 })
 	// The resend's own PubAck, had it come first, says it was a duplicate;
 	// late, it changes nothing but the count of dropped duplicates.
-	s.onAck(&nats.Msg{Subject: fakePrefix + "1", Data: []byte(`{"stream":"TELEMETRY","seq":1,"duplicate":true}`)})
+	s.onAck(&nats.Msg{Subject: fakePrefix + "1", Data: []byte(`{"stream":"TELEMETRY","seq":1,"duplicate": true}`)})
 	if st := s.Stats(); st.Duplicates != 0 {
 		t.Fatalf("a late duplicate PubAck of a freed slot was counted: %+v", st)
 	}
@@ -341,4 +379,191 @@ func newResentOnce(t *testing.T) *resentOnce {
 	r.s.resendFromReconnect()
 	eventually(t, "the resend", func() bool { return r.f.count() == 2 })
 	return r
+}
+
+// noAckSink is a sink over url with the leader advisory of stream TELEMETRY
+// subscribed, publishing into a stream that sends no PubAcks: every frame
+// stays unacknowledged, and its publish timeout is an hour, so only the
+// advisory can make the sink resend. It returns the sink, the stream and a
+// function feeding n frames.
+func noAckSink(t *testing.T, url string, replicas int) (*Sink, jetstream.Stream, func(n int)) {
+	t.Helper()
+	nc, err := Client{URL: url}.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	// The stream's first election sends the advisory too: it must have
+	// come before the sink listens, or it counts as a resend round.
+	elected, err := nc.SubscribeSync(LeaderElectedSubject(DefaultName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var str jetstream.Stream
+	eventually(t, "the stream", func() bool {
+		str, err = js.CreateStream(ctx, jetstream.StreamConfig{Name: DefaultName, Subjects: []string{"telemetry.>"},
+			NoAck: true, Replicas: replicas, Duplicates: time.Hour})
+		return err == nil
+	})
+	eventually(t, "the stream's leader", func() bool {
+		info, err := str.Info(ctx)
+		return err == nil && (replicas == 1 || info.Cluster != nil && info.Cluster.Leader != "")
+	})
+	if replicas > 1 {
+		if _, err := elected.NextMsg(waitTimeout); err != nil {
+			t.Fatalf("the first leader-elected advisory: %v", err)
+		}
+	}
+	_ = elected.Unsubscribe()
+	s, err := NewSink(nc, SinkOptions{Window: 16, Timeout: time.Hour, Stream: DefaultName}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := newRecorder()
+	agg := runAggregator(t, s, 16)
+	t.Cleanup(func() { _ = s.Close() }) // before the aggregator's drain: nothing will be acknowledged
+	fd := newFeeder("10.9.8.5", 1, rec)
+	fd.per = 2
+	return s, str, func(n int) {
+		t.Helper()
+		if err := fd.feed(context.Background(), agg, n); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the frames in flight", func() bool { return s.Stats().Unacked == n })
+	}
+}
+
+// storedMsgs is the number of messages str holds.
+func storedMsgs(t *testing.T, str jetstream.Stream) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	info, err := str.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// TestLeaderAdvisoryResends: the sink listens on the stream's
+// leader-elected advisory subject (a single server sends none, so the test
+// publishes one) and resends every unacknowledged frame at once, long
+// before the publish timeout, with the same Nats-Msg-Id (the stream still
+// holds each frame once). An advisory of another stream changes nothing.
+func TestLeaderAdvisoryResends(t *testing.T) {
+	srv := jsServer(t, t.TempDir(), server.RANDOM_PORT)
+	s, str, feed := noAckSink(t, srv.ClientURL(), 1)
+	feed(2)
+	eventually(t, "two messages stored", func() bool { return storedMsgs(t, str) == 2 })
+
+	other, err := Client{URL: srv.ClientURL()}.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	advisory := []byte(`{"type":"io.nats.jetstream.advisory.v1.stream_leader_elected","stream":"X","leader":"n2"}`)
+	if err := other.Publish(LeaderElectedSubject("OTHER"), advisory); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Publish(LeaderElectedSubject(DefaultName), advisory); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the resends", func() bool { return s.Stats().Resent == 2 })
+	if st := s.Stats(); st.Timeouts != 0 || st.Unacked != 2 || st.Down {
+		t.Fatalf("stats after the advisory: %+v; want 2 resends, no timeout, no outage", st)
+	}
+	if n := storedMsgs(t, str); n != 2 {
+		t.Fatalf("the stream holds %d messages after the resends, want 2 (deduplicated)", n)
+	}
+}
+
+// TestLeaderStepdownResends: in a real R3 cluster, a stream leader stepping
+// down makes its successor send the leader-elected advisory, and the sink
+// resends what is unacknowledged without waiting for the publish timeout.
+func TestLeaderStepdownResends(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a 3-node cluster")
+	}
+	c := startCluster(t)
+	s, str, feed := noAckSink(t, strings.Join(c.urls, ","), 3)
+	feed(2)
+	eventually(t, "two messages stored", func() bool { return storedMsgs(t, str) == 2 })
+	if r := s.Stats().Resent; r != 0 {
+		t.Fatalf("%d resends before the stepdown", r)
+	}
+	nc, err := Client{URL: c.urls[0]}.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	eventually(t, "a leader stepdown", func() bool {
+		resp, err := nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+DefaultName, nil, 5*time.Second)
+		return err == nil && bytes.Contains(resp.Data, []byte(`"success":true`))
+	})
+	eventually(t, "the resends", func() bool { return s.Stats().Resent == 2 })
+	if st := s.Stats(); st.Timeouts != 0 {
+		t.Fatalf("stats after the stepdown: %+v; want no timeout", st)
+	}
+}
+
+// ackingPub is a publisher whose JetStream acknowledges every message at
+// once, from another goroutine, as the PubAck subscription would.
+type ackingPub struct {
+	acks chan string
+}
+
+func (p *ackingPub) PublishMsg(m *nats.Msg) error {
+	p.acks <- m.Reply
+	return nil
+}
+
+// BenchmarkSinkWindow measures the sink's own cost per frame, without NATS:
+// 1 KiB frames in batches of 16 through the aggregator, each message
+// acknowledged at once by a fake JetStream.
+func BenchmarkSinkWindow(b *testing.B) {
+	p := &ackingPub{acks: make(chan string, 8192)}
+	s, err := newSink(p, fakePrefix, SinkOptions{Window: 1024, Timeout: time.Hour, BootID: "boot"}, testLogger(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	s.connected.Store(true)
+	go s.resendLoop()
+	ackData := []byte(`{"stream":"TELEMETRY","seq":1}`)
+	acked := make(chan struct{})
+	go func() {
+		defer close(acked)
+		for reply := range p.acks {
+			s.onAck(&nats.Msg{Subject: reply, Data: ackData})
+		}
+	}()
+	owner := &latencyOwner{all: make(chan struct{}), want: b.N}
+	agg := runAggregator(b, s, 8192)
+	data := make([]byte, 1024)
+	b.SetBytes(1024)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for seq := uint64(1); seq <= uint64(b.N); {
+		batch := pipeline.NewBatch(owner, 16*1024)
+		for k := 0; k < 16 && seq <= uint64(b.N); k++ {
+			batch.Add(pipeline.Frame{Station: "10.0.0.1", Session: "gs-1@10.0.0.1:40000", Seq: seq, Received: time.Now(), Payload: data})
+			seq++
+		}
+		if err := agg.Put(context.Background(), batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	<-owner.all
+	b.StopTimer()
+	_ = s.Close()
+	close(p.acks)
+	<-acked
 }

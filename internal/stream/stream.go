@@ -8,11 +8,14 @@
 //
 // Frames of station IDENTITY are published on telemetry.<Token(IDENTITY)>
 // with the headers Meridian-Station, Meridian-Session, Meridian-Seq,
-// Meridian-Received and Nats-Msg-Id (see MsgID). Delivery is at least once:
-// a frame resent after a lost PubAck is stored once within the stream's
-// dedup window, but a station resending after a reconnect, or a resend after
-// the window, can store it twice; consumers drop duplicates by
-// (Meridian-Session, Meridian-Seq).
+// Meridian-Received and Nats-Msg-Id. A protocol v1 frame's Msg-Id names the
+// gateway's session (MsgID): delivery is at least once, and a station
+// resending after a reconnect can store a frame twice; consumers drop those
+// by (Meridian-Session, Meridian-Seq). A protocol v2 frame carries the
+// station's own numbering (Meridian-Epoch, Meridian-Seq, Meridian-Acked) and
+// a Msg-Id any session of the station gives it (MsgIDv2), and the gateway
+// resumes a station from the stream (LastStored): exactly once per
+// (station, epoch) within the dedup window (docs/protocol.md).
 package stream
 
 import (
@@ -53,14 +56,15 @@ type Config struct {
 	Replicas    int           // default 1
 	MaxAge      time.Duration // default 7 days
 	MaxBytes    int64         // 0: StoreMaxBytes when embedded, no limit when external
-	DedupWindow time.Duration // JetStream's duplicate window; default 2 minutes
+	DedupWindow time.Duration // JetStream's duplicate window; default 10 seconds
 
 	// MaxFrame is the largest payload a station may send; Open refuses a
 	// server whose max_payload could not carry it. 0 skips the check.
 	MaxFrame int64
 
-	PublishWindow  int           // messages without PubAck; default 4096 (see SinkOptions)
-	PublishTimeout time.Duration // wait for a PubAck before resending; default 5s
+	PublishWindow      int           // messages without PubAck; default 4096 (see SinkOptions)
+	PublishWindowBytes int64         // their payload bytes; default 64 MiB
+	PublishTimeout     time.Duration // wait for a PubAck before resending; default 5s
 
 	// Start-up. Open waits for the embedded server however long its store
 	// recovery takes, logging progress every ProgressInterval (default 10s).
@@ -77,7 +81,7 @@ const (
 	DefaultStoreMaxBytes    = 10 << 30
 	DefaultSyncInterval     = time.Second
 	DefaultMaxAge           = 7 * 24 * time.Hour
-	DefaultDedupWindow      = 2 * time.Minute
+	DefaultDedupWindow      = 10 * time.Second
 	DefaultProgressInterval = 10 * time.Second
 	DefaultAPITimeout       = 10 * time.Second
 )
@@ -212,7 +216,10 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *Stream, err err
 	if err := ensureStream(ctx, s.js, jsConfig(cfg), cfg.APITimeout, log); err != nil {
 		return nil, err
 	}
-	s.sink, err = NewSink(s.nc, SinkOptions{Window: cfg.PublishWindow, Timeout: cfg.PublishTimeout}, log.With("component", "sink"))
+	// With Stream set the sink also reacts to the stream's leader-elected
+	// advisory, resending at once instead of after PublishTimeout.
+	s.sink, err = NewSink(s.nc, SinkOptions{Window: cfg.PublishWindow, WindowBytes: cfg.PublishWindowBytes,
+		Timeout: cfg.PublishTimeout, Stream: cfg.Name}, log.With("component", "sink"))
 	if err != nil {
 		return nil, err
 	}

@@ -423,7 +423,7 @@ func TestStreamConflict(t *testing.T) {
 	if !errors.Is(err, ErrStreamConflict) {
 		t.Fatalf("Open with other retention: %v, want ErrStreamConflict", err)
 	}
-	for _, want := range []string{"--retention-max-age", "7d", "1d", "--dedup-window", "2m0s", "1m0s"} {
+	for _, want := range []string{"--retention-max-age", "7d", "1d", "--dedup-window", "10s", "1m0s"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}

@@ -164,7 +164,7 @@ func run(ctx context.Context, opts Options, w io.Writer) error {
 	out := &writer{w: bw, format: opts.Format}
 	hinted := opts.hint()
 	defer hinted()
-	for n := 0; opts.Count == 0 || n < opts.Count; n++ {
+	for n := 0; opts.Count == 0 || n < opts.Count; {
 		m, err := it.Next(jetstream.NextContext(ctx))
 		hinted()
 		if err != nil {
@@ -174,9 +174,15 @@ func run(ctx context.Context, opts Options, w io.Writer) error {
 			}
 			return fmt.Errorf("tail: %w", err)
 		}
-		if err := out.write(m); err != nil {
+		limit := -1
+		if opts.Count > 0 {
+			limit = opts.Count - n
+		}
+		written, err := out.write(m, limit)
+		if err != nil {
 			return fmt.Errorf("tail: write: %w", err)
 		}
+		n += written
 		// Flush when caught up, so a follower sees frames as they come
 		// while a backlog streams out in large writes.
 		if md, err := m.Metadata(); err != nil || md.NumPending == 0 {
@@ -381,8 +387,12 @@ type record struct {
 	Station   string `json:"station"`
 	Session   string `json:"session"`
 	Seq       uint64 `json:"seq"`
-	Received  string `json:"received"`
-	Size      int    `json:"size"`
+	// Protocol v2 frames: the station's epoch (Seq is then its own
+	// sequence number) and the frames it lost just before this one.
+	Epoch    uint64 `json:"epoch,omitempty"`
+	Gap      uint64 `json:"gap,omitempty"`
+	Received string `json:"received"`
+	Size     int    `json:"size"`
 	// Ground-framing units only (docs/framing.md, section 9).
 	Link     string  `json:"link,omitempty"`
 	Framing  string  `json:"framing,omitempty"`
@@ -409,17 +419,42 @@ var groundFields = []struct {
 	{stream.HeaderVCCount, "vc_count", func(r *record) **uint64 { return &r.VCCount }},
 }
 
-func (wr *writer) write(m jetstream.Msg) error {
+// write writes the frames of message m, at most limit of them (-1: all),
+// and returns how many it wrote. A message of the packed layout (header
+// Meridian-Count) carries several; each comes out as a frame of its own.
+func (wr *writer) write(m jetstream.Msg, limit int) (int, error) {
 	h := m.Headers()
 	data := m.Data()
+	count, packed := 1, h.Get(stream.HeaderCount) != ""
+	var frames [][]byte
+	if packed {
+		var err error
+		if frames, err = stream.Unpack(data, h.Get(stream.HeaderCount)); err != nil {
+			return 0, fmt.Errorf("stream message %s: %w", m.Subject(), err)
+		}
+		count = len(frames)
+	}
+	if limit >= 0 && count > limit {
+		count = limit
+	}
 	if wr.format == FormatRaw {
+		if packed {
+			// The packed payload is frames in Meridian's own framing
+			// already: length, bytes, length, bytes.
+			end := 0
+			for _, f := range frames[:count] {
+				end += 4 + len(f)
+			}
+			_, err := wr.w.Write(data[:end])
+			return count, err
+		}
 		var hdr [4]byte
 		binary.BigEndian.PutUint32(hdr[:], uint32(len(data)))
 		if _, err := wr.w.Write(hdr[:]); err != nil {
-			return err
+			return 0, err
 		}
 		_, err := wr.w.Write(data)
-		return err
+		return 1, err
 	}
 	r := record{
 		Subject:  m.Subject(),
@@ -430,6 +465,8 @@ func (wr *writer) write(m jetstream.Msg) error {
 		Payload:  data,
 	}
 	r.Seq, _ = strconv.ParseUint(h.Get(stream.HeaderSeq), 10, 64)
+	r.Epoch, _ = strconv.ParseUint(h.Get(stream.HeaderEpoch), 10, 64)
+	r.Gap, _ = strconv.ParseUint(h.Get(stream.HeaderGap), 10, 64)
 	r.Link, r.Framing, r.CRC = h.Get(stream.HeaderLink), h.Get(stream.HeaderFraming), h.Get(stream.HeaderCRC)
 	if r.Framing != "" {
 		for _, g := range groundFields {
@@ -441,6 +478,24 @@ func (wr *writer) write(m jetstream.Msg) error {
 	if md, err := m.Metadata(); err == nil {
 		r.StreamSeq = md.Sequence.Stream
 	}
+	if !packed {
+		return 1, wr.emit(&r, data)
+	}
+	first := r.Seq
+	for i, f := range frames[:count] {
+		r.Seq, r.Size, r.Payload = first+uint64(i), len(f), f
+		if i == 1 {
+			r.Gap = 0 // the gap is before the first frame only
+		}
+		if err := wr.emit(&r, f); err != nil {
+			return i, err
+		}
+	}
+	return count, nil
+}
+
+// emit writes one frame, described by r, in the text, hex or JSON format.
+func (wr *writer) emit(r *record, data []byte) error {
 	if wr.format == FormatJSON {
 		b, err := json.Marshal(r)
 		if err != nil {
@@ -451,10 +506,16 @@ func (wr *writer) write(m jetstream.Msg) error {
 	}
 	wr.line = fmt.Appendf(wr.line[:0], "stream_seq=%d received=%s station=%s session=%s seq=%d size=%d",
 		r.StreamSeq, r.Received, r.Station, r.Session, r.Seq, r.Size)
+	if r.Epoch != 0 {
+		wr.line = fmt.Appendf(wr.line, " epoch=%d", r.Epoch)
+	}
+	if r.Gap != 0 {
+		wr.line = fmt.Appendf(wr.line, " gap=%d", r.Gap)
+	}
 	if r.Framing != "" {
 		wr.line = fmt.Appendf(wr.line, " link=%s framing=%s", r.Link, r.Framing)
 		for _, g := range groundFields {
-			if v := *g.field(&r); v != nil {
+			if v := *g.field(r); v != nil {
 				wr.line = fmt.Appendf(wr.line, " %s=%d", g.name, *v)
 			}
 		}

@@ -199,12 +199,49 @@ func (a AllowList) Allowed(identity string) bool {
 	if identity == "" {
 		return false
 	}
+	return a.match(identity, false)
+}
+
+// AllowedName reports whether a name a station gives for itself (a protocol
+// v2 HELLO without mutual TLS) is allowed. Only name patterns count: an
+// address pattern ("10.1.*", "fd00::*") keeps filtering addresses, so that
+// a peer cannot pass an address filter by naming itself "10.1.x".
+func (a AllowList) AllowedName(name string) bool {
+	if len(a.patterns) == 0 {
+		return true
+	}
+	return name != "" && a.match(name, true)
+}
+
+func (a AllowList) match(identity string, namesOnly bool) bool {
 	identity = strings.ToLower(identity)
 	for _, p := range a.patterns {
+		if namesOnly && addressPattern(p) {
+			continue
+		}
 		// Patterns were validated, so Match cannot fail here.
 		if ok, _ := path.Match(p, identity); ok {
 			return true
 		}
 	}
 	return false
+}
+
+// addressPattern reports whether p is written as an IP address or address
+// glob: only hex digits, '.', ':' and glob characters, with a digit and a
+// '.' or ':'.
+func addressPattern(p string) bool {
+	digit, sep := false, false
+	for _, c := range p {
+		switch {
+		case c >= '0' && c <= '9':
+			digit = true
+		case c == '.' || c == ':':
+			sep = true
+		case c >= 'a' && c <= 'f', strings.ContainsRune("*?[]^-\\", c):
+		default:
+			return false
+		}
+	}
+	return digit && sep
 }

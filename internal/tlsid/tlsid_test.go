@@ -407,6 +407,28 @@ func TestAllowList(t *testing.T) {
 			t.Errorf("NewAllowList(%q): %v, want ErrBadPattern", bad, err)
 		}
 	}
+	// A name a v2 station gives for itself passes name patterns only: an
+	// address pattern stays a filter on addresses.
+	name := func(patterns []string, n string, want bool) {
+		t.Helper()
+		a, err := tlsid.NewAllowList(patterns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := a.AllowedName(n); got != want {
+			t.Errorf("%q.AllowedName(%q) = %v, want %v", patterns, n, got, want)
+		}
+	}
+	name(nil, "anyone", true)
+	name([]string{"10.1.*"}, "10.1.2.3", false)
+	name([]string{"10.1.*"}, "10.1.evil", false)
+	name([]string{"fd00::*"}, "fd00::1", false)
+	name([]string{"10.1.*", "gs-*"}, "gs-kiruna", true)
+	name([]string{"*"}, "gs-kiruna", true)
+	name([]string{"*.gs.example"}, "a.gs.example", true)
+	name([]string{"cafe*"}, "cafe-1", true) // hex letters alone do not make an address
+	name([]string{"gs-*"}, "", false)
+
 	var zero tlsid.AllowList
 	if !zero.Allowed("x") || !zero.Allowed("") {
 		t.Error("the zero AllowList must allow everyone")

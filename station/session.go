@@ -78,6 +78,9 @@ func (c *Client) session(conn net.Conn) sessionEnd {
 		close(s.welcome)
 	}
 	c.written = c.acked
+	// What a WELCOME said stored holds for its own session only: the next
+	// gateway numbers frames from its own next.
+	c.storedThrough = 0
 	c.flushes = c.flushes[:0]
 	c.lastProgress = now
 	c.mu.Unlock()
@@ -256,9 +259,14 @@ func (s *session) applyWelcome(ctl frame.Control) error {
 			ErrProtocol, ctl.Version, ctl.Epoch, frame.Version2, c.epoch)
 	}
 	next := ctl.Next
+	base := next - 1 // the WELCOME's: what an ACK of this session may not go below
 	now := time.Now()
 	c.mu.Lock()
 	switch {
+	case next-1 < c.acked:
+		acked := c.acked
+		c.mu.Unlock()
+		return fmt.Errorf("%w: WELCOME next %d goes back behind ACK %d", ErrProtocol, next, acked)
 	case next < s.first:
 		c.mu.Unlock()
 		return fmt.Errorf("%w: WELCOME next %d is below the HELLO's first %d", ErrProtocol, next, s.first)
@@ -285,7 +293,7 @@ func (s *session) applyWelcome(ctl frame.Control) error {
 		c.signalLocked()
 	}
 	c.mu.Unlock()
-	s.lastAck = next - 1
+	s.lastAck = base
 	s.welcomed = true
 	if c.opts.deadTimeout <= 0 {
 		s.setReadDeadline(time.Time{}) // the handshake deadline ends here

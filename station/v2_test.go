@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -174,6 +175,48 @@ func TestV2SpoolResumesPastWhatItNumbered(t *testing.T) {
 	}
 	if st := c.Stats(); st.Acked != 110 || st.Skipped != 5 {
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestV2StoredThroughHoldsForItsSessionOnly: what one WELCOME said stored
+// (frames the resumed spool had not handed over yet) does not outlive its
+// session: the next gateway numbers frames from its own next, so the
+// client sends them and each carries its own number.
+func TestV2StoredThroughHoldsForItsSessionOnly(t *testing.T) {
+	p := startPeer(t, func(p *peer, c net.Conn, i int) {
+		if i == 0 {
+			br := bufio.NewReader(c)
+			h, err := p.readHello(br)
+			if err != nil {
+				return
+			}
+			c.Write(frame.AppendWelcome(nil, frame.Version2, h.Epoch, 106))
+			c.Close() // the link drops before the spool sent anything
+			return
+		}
+		p.serve(c, nil) // resumes at the HELLO's first
+	})
+	c := dial(t, p.addr(), fastReconnect, station.WithEpoch(9), station.WithFirstSeq(101))
+	ctx := testCtx(t)
+	for c.Stats().Reconnects < 1 && ctx.Err() == nil {
+		runtime.Gosched()
+	}
+	for i := range 10 {
+		if err := c.Send(ctx, payloadN(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, seqs := p.received(), p.receivedSeqs()
+	if len(got) != 10 {
+		t.Fatalf("%d frames on the wire, want 10", len(got))
+	}
+	for i := range got {
+		if seqs[i] != uint64(101+i) || !bytes.Equal(got[i], payloadN(i)) {
+			t.Fatalf("frame %d: seq %d payload %q, want seq %d %q", i, seqs[i], got[i], 101+i, payloadN(i))
+		}
 	}
 }
 

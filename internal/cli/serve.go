@@ -200,6 +200,9 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, cmd *cobra.
 		// v2 stations resume from what the stream holds, read on its leader.
 		opts = append(opts, gateway.WithResume(func(ctx context.Context, id string) (gateway.Stored, error) {
 			st, err := strm.LastStored(ctx, id)
+			if err != nil && stream.Transient(err) {
+				err = fmt.Errorf("%w: %w", gateway.ErrResumeTransient, err)
+			}
 			return gateway.Stored(st), err
 		}))
 	}

@@ -40,6 +40,7 @@ func streamConfig(cfg config.Config) stream.Config {
 		MaxBytes:           int64(cfg.RetentionMaxBytes),
 		DedupWindow:        time.Duration(cfg.DedupWindow),
 		MaxFrame:           int64(cfg.MaxFrame),
+		Packed:             cfg.StreamLayout == config.LayoutPacked,
 		PublishWindow:      cfg.PublishWindow,
 		PublishWindowBytes: int64(cfg.PublishWindowBytes),
 		PublishTimeout:     cfg.PublishTimeout,

@@ -78,14 +78,21 @@ func (h hello) Hello(ctx context.Context, sess *session.Session, hl frame.Hello)
 		id = hl.Name
 		// A name is the station's word for itself: it may not take
 		// another station's address as its identity.
-		if a, err := netip.ParseAddr(id); err == nil && a.Unmap().String() != info.Station {
-			return session.Welcome{}, frame.ReasonUnauthorized,
-				fmt.Errorf("gateway: HELLO names the address %s, the station connects from %s", id, info.Station)
-		}
 		allowed := (func(string) bool)(nil)
 		if l != nil {
 			allowed = l.AllowedName
 			if allowed == nil {
+				allowed = l.Allowed
+			}
+		}
+		if a, err := netip.ParseAddr(id); err == nil {
+			if a.Unmap().String() != info.Station {
+				return session.Welcome{}, frame.ReasonUnauthorized,
+					fmt.Errorf("gateway: HELLO names the address %s, the station connects from %s", id, info.Station)
+			}
+			// Its own address: the identity it has without a name.
+			id = info.Station
+			if l != nil {
 				allowed = l.Allowed
 			}
 		}
@@ -207,15 +214,25 @@ const (
 
 var errSupersededInHandshake = errors.New("gateway: superseded during the handshake")
 
+// ErrResumeTransient marks a ResumeFunc error that may pass by asking
+// again (a leader election): the handshake asks again, as it does when one
+// read runs out of its resumeTry, within its bound. Any other error refuses
+// the HELLO with CLOSE(6) at once.
+var ErrResumeTransient = errors.New("gateway: resume point temporarily unavailable")
+
 // readResume reads the resume point, again and again within ctx, and gives
 // up early when a newer session supersedes this one.
 func (s *Server) readResume(ctx context.Context, sess *session.Session, id string) (Stored, error) {
 	for {
 		tctx, cancel := context.WithTimeout(ctx, resumeTry)
 		st, err := s.resume(tctx, id)
+		timedOut := tctx.Err() != nil && ctx.Err() == nil
 		cancel()
 		if err == nil {
 			return st, nil
+		}
+		if !timedOut && !errors.Is(err, ErrResumeTransient) {
+			return Stored{}, err
 		}
 		t := time.NewTimer(resumeRetry)
 		select {
@@ -249,6 +266,11 @@ func (s *Server) v2Ended(sess *session.Session) {
 		}
 		s.floors[info.Station] = floor{epoch: info.Epoch, acked: sess.Stats().AckedSeq}
 	}
+	if me != nil {
+		// Closed under mu: a newer session's v2Ended, which looks at
+		// done under mu to hand the identity back, then sees it ended.
+		close(me.done)
+	}
 	if me != nil && me.ident != "" && s.byIdent[me.ident] == me {
 		// It may end before the sessions it superseded did (its wait
 		// timed out): the identity goes back to the newest of them still
@@ -264,9 +286,6 @@ func (s *Server) v2Ended(sess *session.Session) {
 		}
 	}
 	s.mu.Unlock()
-	if me != nil {
-		close(me.done)
-	}
 }
 
 func closed(c <-chan struct{}) bool {

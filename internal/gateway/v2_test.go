@@ -353,7 +353,7 @@ func TestV2ResumeFromTheStream(t *testing.T) {
 		}
 	})
 	t.Run("stream unavailable", func(t *testing.T) {
-		fr.set("gs-nostream", gateway.Stored{}, errors.New("no JetStream leader"))
+		fr.set("gs-nostream", gateway.Stored{}, fmt.Errorf("%w: no JetStream leader", gateway.ErrResumeTransient))
 		calls := fr.calls.Load()
 		st := dial(t, g.Addr)
 		st.t = t
@@ -375,6 +375,17 @@ func TestV2ResumeFromTheStream(t *testing.T) {
 		}
 		if n := len(ofStation(mem, "gs-nostream")); n != 0 {
 			t.Fatalf("%d frames stored of a session refused at its HELLO", n)
+		}
+	})
+	t.Run("resume read refused for good", func(t *testing.T) {
+		fr.set("gs-denied", gateway.Stored{}, errors.New("permissions violation"))
+		calls := fr.calls.Load()
+		st := dial(t, g.Addr)
+		st.t = t
+		st.hello(epoch, 1, "gs-denied")
+		st.refused(frame.ReasonBusy, 0)
+		if n := fr.calls.Load() - calls; n != 1 {
+			t.Fatalf("the resume point was read %d times; an error that asking again cannot fix is not retried", n)
 		}
 	})
 }

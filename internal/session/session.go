@@ -350,10 +350,11 @@ func (s *Session) consume(ctx context.Context) (stop bool, reason frame.Reason, 
 		s.consumed += uint64(before - s.in.buffered())
 		taken++
 		if control {
+			arrived := time.Now() // before the flush, which may wait (packed layout)
 			if err := s.flushBatch(ctx); err != nil {
 				return false, putFailed(err), err
 			}
-			if r, err := s.control(ctx, payload); err != nil {
+			if r, err := s.control(ctx, payload, arrived); err != nil {
 				return false, r, err
 			}
 			if s.superseded.Load() {
@@ -391,14 +392,14 @@ var errNotAllowed = errors.New("session: station not authorized (no HELLO naming
 
 // control handles a station control frame: the HELLO that opens a v2
 // session, and PONG. Anything else, or either out of place, is CLOSE(5).
-func (s *Session) control(ctx context.Context, payload []byte) (frame.Reason, error) {
+func (s *Session) control(ctx context.Context, payload []byte, arrived time.Time) (frame.Reason, error) {
 	c, err := frame.ParseStationControl(payload)
 	if err != nil {
 		return frame.ReasonControl, err
 	}
 	switch {
 	case c.Type == frame.CtlPong && s.proto == 2:
-		if d, ok := s.ctl.pong(time.Now()); ok {
+		if d, ok := s.ctl.pong(arrived); ok {
 			s.rtt.Store(int64(d))
 			s.obs.HeartbeatRTT(d)
 		}
@@ -702,6 +703,12 @@ func (s *Session) finish(ctx context.Context, reason frame.Reason, graceful bool
 		case err != nil:
 			graceful = false
 		}
+	} else if s.proto == 2 && ctx.Err() == nil {
+		// The connection broke, but what the session queued is still on
+		// its way to the stream: a v2 station that comes back resumes from
+		// what is stored, so the session ends (and frees the identity)
+		// only once it is. Bounded like the wait above.
+		_ = s.commits.wait(ctx, s.queue.Failed())
 	}
 	var out []byte
 	var usable bool

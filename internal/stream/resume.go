@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/meridian-telemetry/meridian/internal/pipeline"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -66,7 +67,7 @@ func lastStored(ctx context.Context, nc *nats.Conn, stream, subject string) (Sto
 	}
 	h, err := nats.DecodeHeadersMsg(resp.Message.Header)
 	if err != nil {
-		return Stored{}, fmt.Errorf("stream: last message on %s: headers: %w", subject, err)
+		return st, nil // not a gateway's message either: the gateway resumes from its own record
 	}
 	st.Station = h.Get(HeaderStation)
 	var errs []error
@@ -82,8 +83,18 @@ func lastStored(ctx context.Context, nc *nats.Conn, stream, subject string) (Sto
 		return n
 	}
 	st.Epoch, st.Seq, st.Acked, st.Count = num(HeaderEpoch), num(HeaderSeq), num(HeaderAcked), num(HeaderCount)
-	if err := errors.Join(errs...); err != nil {
-		return Stored{}, fmt.Errorf("stream: last message on %s: %w", subject, err)
+	// A message whose numbering cannot be the gateway's (unreadable, a
+	// packed count no batch can hold, a range that wraps, a floor above
+	// its frame) is another writer's: reported with no station, so that
+	// the gateway resumes from its own record rather than be misled, or
+	// locked out, by it.
+	if errors.Join(errs...) != nil || st.Count > uint64(pipeline.MaxSlab/pipeline.PackedRecord(0)) ||
+		st.Seq+st.Count < st.Seq || st.Acked >= st.Seq && st.Seq != 0 {
+		return Stored{Found: true}, nil
 	}
 	return st, nil
 }
+
+// Transient reports whether a LastStored error may pass by asking again: a
+// timeout, no responders, or JetStream not ready (a leader election).
+func Transient(err error) bool { return notReady(err) }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/meridian-telemetry/meridian/internal/pipeline"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -88,6 +89,34 @@ func TestV2HeadersAndLastStored(t *testing.T) {
 		}
 		if h.Get(HeaderGap) != wantGap {
 			t.Fatalf("message %d (seq %d): Meridian-Gap %q, want %q", seq, stationSeq, h.Get(HeaderGap), wantGap)
+		}
+	}
+}
+
+// A last message that is not the gateway's (another writer on the subject,
+// unreadable or impossible numbering) comes back as found with no station:
+// the gateway then resumes from its own record instead of being misled or
+// locked out by it.
+func TestLastStoredOfAForeignMessage(t *testing.T) {
+	st := openStream(t, testConfig(t))
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	for _, h := range []map[string]string{
+		{HeaderStation: "gs-x", HeaderSeq: "abc"},
+		{HeaderStation: "gs-x", HeaderSeq: "5", HeaderEpoch: "3", HeaderCount: "18446744073709551615"},
+		{HeaderStation: "gs-x", HeaderSeq: "5", HeaderEpoch: "3", HeaderAcked: "9"},
+	} {
+		m := nats.NewMsg(Subject("gs-x"))
+		for k, v := range h {
+			m.Header.Set(k, v)
+		}
+		m.Data = []byte("not a gateway's")
+		if _, err := st.JetStream().PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		got, err := st.LastStored(ctx, "gs-x")
+		if err != nil || got != (Stored{Found: true}) {
+			t.Fatalf("headers %v: LastStored = %+v, %v; want found, no station", h, got, err)
 		}
 	}
 }

@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/meridian-telemetry/meridian/internal/config"
+	"github.com/meridian-telemetry/meridian/internal/pipeline"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -61,6 +62,10 @@ type Config struct {
 	// MaxFrame is the largest payload a station may send; Open refuses a
 	// server whose max_payload could not carry it. 0 skips the check.
 	MaxFrame int64
+	// Packed says v2 sessions store the packed layout: a message then
+	// carries up to pipeline.MaxSlab of frames, which the servers'
+	// max_payload must take as well.
+	Packed bool
 
 	PublishWindow      int           // messages without PubAck; default 4096 (see SinkOptions)
 	PublishWindowBytes int64         // their payload bytes; default 64 MiB
@@ -208,6 +213,9 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (_ *Stream, err err
 	// sink would hold the stations back forever. Refuse to start instead.
 	if need := cfg.MaxFrame + maxHeaderBytes; cfg.MaxFrame > 0 && s.nc.MaxPayload() < need {
 		return nil, fmt.Errorf("stream: NATS max_payload is %d bytes; --max-frame %d needs %d with headers", s.nc.MaxPayload(), cfg.MaxFrame, need)
+	}
+	if need := int64(pipeline.MaxSlab) + maxHeaderBytes; cfg.Packed && s.nc.MaxPayload() < need {
+		return nil, fmt.Errorf("stream: NATS max_payload is %d bytes; --stream-layout packed needs %d (a message of up to %d bytes of frames, with headers)", s.nc.MaxPayload(), need, pipeline.MaxSlab)
 	}
 	s.js, err = jetstream.New(s.nc)
 	if err != nil {

@@ -196,9 +196,8 @@ func (h hello) Hello(ctx context.Context, sess *session.Session, hl frame.Hello)
 		w.Gap = hl.First - 1 - hi
 		s.log.Warn("station lost frames before its first: gap marked on the next stored frame",
 			"station", id, "epoch", hl.Epoch, "first", hl.First, "stored_through", hi, "gap", w.Gap)
-		if o, ok := s.obs.(V2Observer); ok {
-			o.Gap(w.Gap)
-		}
+		// Counted by the session once the frame that marks it is stored:
+		// a session that ends before would otherwise count it twice.
 	}
 	return w, 0, nil
 }

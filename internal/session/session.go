@@ -678,6 +678,13 @@ func (s *Session) classify(err error) (frame.Reason, bool, error) {
 // ACKs are cumulative, so the count moves only over a prefix of batches.
 func (s *Session) Committed(b *pipeline.Batch) {
 	s.obs.Committed(b.Count(), time.Since(b.Frames[0].Received))
+	if g := b.Frames[0].Gap; g > 0 {
+		// Only a session's first stored frame after its HELLO marks a gap,
+		// and it is the first of its batch.
+		if o, ok := s.obs.(interface{ Gap(frames uint64) }); ok {
+			o.Gap(g)
+		}
+	}
 	var arr [4]*pipeline.Batch
 	release, moved := s.commits.commit(b, arr[:0])
 	for _, rb := range release {

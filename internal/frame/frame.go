@@ -131,16 +131,21 @@ func AppendAck(dst []byte, count uint64) []byte {
 // AppendClose appends a CLOSE frame. Text longer than MaxCloseText bytes is
 // cut at a rune boundary.
 func AppendClose(dst []byte, r Reason, text string) []byte {
-	if len(text) > MaxCloseText {
-		cut := MaxCloseText
-		for cut > 0 && !utf8.RuneStart(text[cut]) {
-			cut--
-		}
-		text = text[:cut]
-	}
+	text = cutUTF8(text, MaxCloseText)
 	dst = append(AppendHeader(dst, closeMinPayloadSize+len(text)), byte(TypeClose))
 	dst = binary.BigEndian.AppendUint16(dst, uint16(r))
 	return append(dst, text...)
+}
+
+// cutUTF8 cuts s to at most n bytes, at a rune boundary.
+func cutUTF8(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // Control is a decoded gateway→station frame.

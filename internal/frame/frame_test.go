@@ -174,17 +174,7 @@ func FuzzSplitStream(f *testing.F) {
 		if _, _, err := Split(rest, max); !errors.Is(err, want) || err == nil {
 			t.Fatalf("rest % x gives %v, stream ended with %v", rest, err, wholeErr)
 		}
-		var chunks [][]byte
-		left := data
-		for _, c := range cuts {
-			if len(left) == 0 {
-				break
-			}
-			n := int(c) % (len(left) + 1)
-			chunks = append(chunks, left[:n])
-			left = left[n:]
-		}
-		chunks = append(chunks, left)
+		chunks := cutAt(data, cuts)
 		split, _, splitErr := stream(chunks, max)
 		if kind(wholeErr) != kind(splitErr) {
 			t.Fatalf("whole err %v, split err %v", wholeErr, splitErr)
@@ -279,4 +269,19 @@ func kind(err error) error {
 		}
 	}
 	return err
+}
+
+// cutAt splits data into chunks at the points cuts give, for the stream
+// fuzzers: each cut byte takes that many bytes (modulo what is left).
+func cutAt(data, cuts []byte) [][]byte {
+	var chunks [][]byte
+	for _, c := range cuts {
+		if len(data) == 0 {
+			break
+		}
+		n := int(c) % (len(data) + 1)
+		chunks = append(chunks, data[:n])
+		data = data[n:]
+	}
+	return append(chunks, data)
 }

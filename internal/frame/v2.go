@@ -142,14 +142,7 @@ func ParseStationControl(payload []byte) (StationControl, error) {
 // AppendHello appends a whole HELLO frame, length word included. A name
 // longer than MaxName is cut at a rune boundary.
 func AppendHello(dst []byte, h Hello) []byte {
-	name := h.Name
-	if len(name) > MaxName {
-		cut := MaxName
-		for cut > 0 && !utf8.RuneStart(name[cut]) {
-			cut--
-		}
-		name = name[:cut]
-	}
+	name := cutUTF8(h.Name, MaxName)
 	dst = binary.BigEndian.AppendUint32(dst, ControlBit|uint32(helloFixedSize+len(name)))
 	dst = append(dst, byte(CtlHello), h.Version)
 	dst = binary.BigEndian.AppendUint64(dst, h.Epoch)

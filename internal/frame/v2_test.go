@@ -472,17 +472,7 @@ func FuzzSplitAnyStream(f *testing.F) {
 		if errors.Is(wholeErr, ErrControl) {
 			t.Fatalf("SplitAny returned ErrControl: %v", wholeErr)
 		}
-		var chunks [][]byte
-		left := data
-		for _, c := range cuts {
-			if len(left) == 0 {
-				break
-			}
-			n := int(c) % (len(left) + 1)
-			chunks = append(chunks, left[:n])
-			left = left[n:]
-		}
-		chunks = append(chunks, left)
+		chunks := cutAt(data, cuts)
 		split, _, splitErr := streamAny(chunks, max)
 		if kind(wholeErr) != kind(splitErr) {
 			t.Fatalf("whole err %v, split err %v", wholeErr, splitErr)

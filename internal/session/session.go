@@ -316,22 +316,19 @@ func (s *Session) readLoop(ctx context.Context) (reason frame.Reason, graceful b
 // Once the drain deadline has passed it takes at most one more frame — the
 // one in progress — and then reports stop: whatever follows is not taken.
 func (s *Session) consume(ctx context.Context) (stop bool, reason frame.Reason, err error) {
-	if s.superseded.Load() {
-		s.in.discard() // consume flushed its batch last time: none is open
-		return true, frame.ReasonSuperseded, nil
-	}
 	drainOver := s.draining.Load() && time.Now().UnixNano() >= s.drainAt.Load()
 	var now time.Time // one receive time per read: the frames arrived together
 	taken := 0
 	for {
+		if s.superseded.Load() {
+			// Stop taking frames at once (also right after the HELLO that
+			// waited for the supersede); what is queued is still ACKed.
+			s.in.discard()
+			return true, frame.ReasonSuperseded, s.flushBatch(ctx)
+		}
 		if drainOver && taken > 0 {
 			s.in.discard()
 			break
-		}
-		if s.superseded.Load() {
-			// Stop taking frames at once; what is queued is still ACKed.
-			s.in.discard()
-			return true, frame.ReasonSuperseded, s.flushBatch(ctx)
 		}
 		before := s.in.buffered()
 		payload, control, err := s.in.next(s.cfg.MaxFrame)
@@ -356,10 +353,6 @@ func (s *Session) consume(ctx context.Context) (stop bool, reason frame.Reason, 
 			}
 			if r, err := s.control(ctx, payload, arrived); err != nil {
 				return false, r, err
-			}
-			if s.superseded.Load() {
-				s.in.discard()
-				return true, frame.ReasonSuperseded, nil
 			}
 			continue
 		}

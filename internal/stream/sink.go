@@ -108,34 +108,11 @@ type publisher interface {
 	PublishMsg(m *nats.Msg) error
 }
 
-// SinkStats are the sink's counters, for metrics.
-type SinkStats struct {
-	Unacked      int       // frames published and waiting for their PubAck
-	UnackedBytes int64     // their payload bytes (bound: SinkOptions.WindowBytes)
-	Down         bool      // the stream is not taking frames; Write is holding back
-	DownSince    time.Time // when the current outage began; zero while the stream takes frames
-	Outages      uint64    // episodes of the stream not taking frames
-	Resent       uint64    // frames sent again after a failed or missing PubAck
-	Timeouts     uint64    // PubAcks that did not arrive within the timeout
-	InProcess    uint64    // resends answered "original still in process" (10158): waited for, not outages
-	Duplicates   uint64    // sends JetStream dropped as duplicates of a stored frame (PubAck "duplicate": true)
-}
+// SinkStats are the sink's counters, for metrics: the publish window's.
+type SinkStats = pubwindow.Stats
 
 // Stats returns a snapshot of the counters.
-func (s *Sink) Stats() SinkStats {
-	st := s.win.Stats()
-	return SinkStats{
-		Unacked:      st.Unacked,
-		UnackedBytes: st.UnackedBytes,
-		Down:         st.Down,
-		DownSince:    st.DownSince,
-		Outages:      st.Outages,
-		Resent:       st.Resent,
-		Timeouts:     st.Timeouts,
-		InProcess:    st.InProcess,
-		Duplicates:   st.Duplicates,
-	}
-}
+func (s *Sink) Stats() SinkStats { return s.win.Stats() }
 
 // NewSink starts a sink publishing over nc; the stream capturing
 // telemetry.> must exist. Close stops it; nc stays the caller's.

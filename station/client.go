@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/meridian-telemetry/meridian/internal/frame"
+	"github.com/meridian-telemetry/meridian/internal/spool"
 )
 
 // writeBufSize bounds one socket write: frames are copied into a buffer of
@@ -74,6 +75,19 @@ type Client struct {
 	flushes       []flushRec    // socket writes not fully acknowledged, oldest first (latency observer only)
 	lastProgress  time.Time     // last ACK progress, or the write that started an unacknowledged run
 	wbuf          []byte        // the writer's batch buffer; only the current session's writer uses it
+
+	// With a spool (WithSpool); nil without one. Send appends to the spool,
+	// and the writer loads synced frames from it into the ring: the ring
+	// then holds (acked, loaded], and the window bounds only the frames in
+	// flight.
+	spool  *spool.Spool
+	reader *spool.Reader // the current session's writer only
+	loaded uint64        // highest sequence number copied into the ring
+	// holeFrom..holeTo-1 are frames the spool no longer has (dropped, or
+	// damaged): the writer stops before them, and the next session starts
+	// after them once everything before is acknowledged, which the
+	// gateway marks as a gap. 0: none.
+	holeFrom, holeTo uint64
 }
 
 // flushRec remembers when frames first..last were handed to the socket.
@@ -101,20 +115,27 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
+	if o.spoolDir != "" {
+		switch {
+		case o.epoch != 0 || o.firstSeq != 1:
+			o.errs = append(o.errs, fmt.Errorf("%w: WithSpool keeps its own epoch and numbering: not with WithEpoch or WithFirstSeq", ErrInvalidOption))
+		case o.protocol == ProtocolV1:
+			o.errs = append(o.errs, fmt.Errorf("%w: WithSpool needs protocol v2, not ProtocolV1", ErrInvalidOption))
+		}
+		// Falling back to v1 would give up exactly-once: a spool's
+		// client speaks v2 or stops.
+		o.protocol = ProtocolV2Only
+	}
 	if err := errors.Join(o.errs...); err != nil {
 		return nil, err
 	}
 	o.reconnect = o.reconnect.withDefaults()
 	epoch := o.epoch
 	c0epochGiven := epoch != 0
-	for epoch == 0 {
-		epoch = rand.Uint64()
-	}
 	c := &Client{
 		addr:       addr,
 		opts:       o,
 		log:        o.log.With("gateway", addr),
-		epoch:      epoch,
 		epochGiven: c0epochGiven,
 		done:       make(chan struct{}),
 		wake:       make(chan struct{}, 1),
@@ -129,12 +150,50 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 	// Frames before the first sequence number count as acknowledged: they
 	// are not this client's to send.
 	base := o.firstSeq - 1
-	c.sent, c.acked, c.written, c.maxWritten = base, base, base, base
-	c.sentA.Store(base)
+	if o.spoolDir != "" {
+		sp, err := spool.Open(o.spoolDir, spool.Options{
+			SyncInterval: o.spool.Sync,
+			SyncAlways:   o.spool.SyncAlways,
+			MaxBytes:     o.spool.MaxBytes,
+			Full:         spool.Full(o.spool.Full),
+			SegmentBytes: o.spool.SegmentBytes,
+			MaxRecord:    o.maxFrame,
+			Log:          o.log,
+			// New synced frames are the writer's to load.
+			OnSynced: func(uint64) { c.kick() },
+		})
+		if err != nil {
+			return nil, fmt.Errorf("station: %w", err)
+		}
+		st := sp.Stats()
+		epoch = st.Epoch
+		c.spool = sp
+		c.reader = sp.NewReader(st.Oldest)
+		// The spool's frames are this client's to send, from its oldest:
+		// the gateway's WELCOME says which of them the stream has.
+		base = st.Oldest - 1
+		c.sent, c.loaded = st.Last, base
+		c.sentA.Store(st.Last)
+	}
+	for epoch == 0 {
+		epoch = rand.Uint64()
+	}
+	c.epoch = epoch
+	c.acked, c.written, c.maxWritten = base, base, base
+	if c.spool == nil {
+		c.sent = base
+		c.sentA.Store(base)
+	}
 	c.ackedA.Store(base)
 	conn, err := c.dial(ctx)
-	if err != nil {
+	if err != nil && c.spool == nil {
 		return nil, fmt.Errorf("station: gateway %s unreachable: %w", addr, err)
+	}
+	if err != nil {
+		// Store and forward: the frames wait in the spool while the
+		// client keeps trying.
+		c.log.Warn("station: gateway unreachable; spooling and retrying", "err", err)
+		conn = nil
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	go c.run(conn)
@@ -161,6 +220,9 @@ func (c *Client) Send(ctx context.Context, payload []byte) error {
 	}
 	if len(payload) > c.opts.maxFrame {
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrPayloadTooLarge, len(payload), c.opts.maxFrame)
+	}
+	if c.spool != nil {
+		return c.sendSpooled(ctx, payload)
 	}
 	window := uint64(len(c.ring))
 	c.mu.Lock()
@@ -264,17 +326,26 @@ type Stats struct {
 	// were acknowledged on resume instead of being sent again.
 	Skipped    uint64
 	Reconnects uint64 // sessions opened after the first
+	// With a spool (WithSpool); zero without one.
+	Dropped    uint64 // frames discarded unacknowledged to make room (SpoolDropOldest); those in flight may still arrive
+	Damaged    uint64 // frames found damaged in the spool and skipped, never sent
+	SpoolBytes int64  // size of the spool's files now
 }
 
 // Stats returns the client's counters.
 func (c *Client) Stats() Stats {
-	return Stats{
+	st := Stats{
 		Sent:       c.sentA.Load(),
 		Acked:      c.ackedA.Load(),
 		Resent:     c.resent.Load(),
 		Skipped:    c.skipped.Load(),
 		Reconnects: c.reconnects.Load(),
 	}
+	if c.spool != nil {
+		sp := c.spool.Stats()
+		st.Dropped, st.Damaged, st.SpoolBytes = sp.Dropped, sp.Corrupt, sp.Bytes
+	}
+	return st
 }
 
 // WaitAcked blocks until at least n frames are acknowledged. It fails when
@@ -318,13 +389,19 @@ func (c *Client) Err() error {
 // gateway has acknowledged every frame, half-closes the connection and waits
 // for the gateway to close its side: a clean end in which nothing is lost.
 // Reconnects go on meanwhile. When ctx ends first, Close drops the connection
-// and reports how many frames were left unacknowledged. Close returns the
-// fatal error if the client had already stopped on one. Calling it again
-// waits for the first call's outcome.
+// and reports how many frames were left unacknowledged (with a spool, they
+// stay in it for the next client). Close returns the fatal error if the
+// client had already stopped on one. Calling it again waits for the first
+// call's outcome.
 func (c *Client) Close(ctx context.Context) error {
 	c.mu.Lock()
 	c.closing = true
 	c.mu.Unlock()
+	if c.spool != nil {
+		// The tail leaves once synced: sync it now rather than at the
+		// next interval. A failure is the spool's to report (Send).
+		c.spool.Sync()
+	}
 	c.kick()
 	var ctxErr error
 	select {
@@ -338,6 +415,9 @@ func (c *Client) Close(ctx context.Context) error {
 	defer c.mu.Unlock()
 	if c.result == nil {
 		return nil
+	}
+	if ctxErr != nil && errors.Is(c.result, ErrClosed) && c.spool != nil {
+		return fmt.Errorf("station: close: %d frames unacknowledged stay in the spool %s: %w", c.sent-c.acked, c.opts.spoolDir, ctxErr)
 	}
 	if ctxErr != nil && errors.Is(c.result, ErrClosed) {
 		return fmt.Errorf("station: close: %d of %d frames unacknowledged: %w", c.sent-c.acked, c.sent, ctxErr)
@@ -361,87 +441,148 @@ func (c *Client) finish(err error) {
 
 // run owns the connection: it runs one session at a time and, between
 // them, decides whether to reconnect. It is the client's only long-lived
-// goroutine; sessions add a writer that run waits for.
+// goroutine; sessions add a writer that run waits for. conn is nil when a
+// spool's client could not reach the gateway in Dial.
 func (c *Client) run(conn net.Conn) {
 	defer close(c.done)
-	failures := 0
-	for {
-		end := c.session(conn)
-		c.mu.Lock()
-		finished := c.closing && c.acked == c.sent
-		c.mu.Unlock()
-		switch {
-		case finished:
-			c.log.Debug("station: closed", "acked", c.ackedA.Load())
-			c.finish(nil)
-			return
-		case c.ctx.Err() != nil:
-			c.finish(ErrClosed)
-			return
-		}
-		var ce *CloseError
-		isClose := errors.As(end.err, &ce)
-		switch {
-		case end.fallback:
-			// Logged once: the client stays on v1 from now on.
-			c.log.Warn("station: the gateway speaks protocol v1 only (it answered HELLO with CLOSE(5)); continuing with v1, at-least-once after a crash")
-			c.version.Store(1)
-		case isClose && ce.Reason.Fatal(), errors.Is(end.err, ErrEpochConflict):
-			c.log.Error("station: session refused", "err", end.err)
-			c.finish(end.err)
-			return
-		default:
-			c.log.Info("station: session ended, reconnecting", "err", end.err, "unacked", c.sentA.Load()-c.ackedA.Load())
-			if c.opts.onDisconnect != nil {
-				c.opts.onDisconnect(end.err)
+	if c.spool != nil {
+		// After finish: Send refuses by then, or fails with the spool's
+		// ErrClosed, which it reports as ErrClosed.
+		defer func() {
+			c.reader.Close()
+			if err := c.spool.Close(); err != nil {
+				c.log.Error("station: closing the spool", "err", err)
 			}
-		}
-		switch {
-		case end.fallback:
-		case end.progressed && !(isClose && ce.Reason == ReasonSuperseded):
-			failures = 0
-		default:
-			// Superseded counts as a failure even after progress, so
-			// that two clients of one identity back off instead of
-			// taking the session from each other at the initial delay.
-			failures++
-		}
-		lastErr := end.err
-		// After a fallback the next dial goes at once: nothing failed.
-		wait := !end.fallback
-		conn = nil
-		for conn == nil {
-			p := c.opts.reconnect
-			if wait && (p.MaxAttempts < 0 || (p.MaxAttempts > 0 && failures >= p.MaxAttempts)) {
-				c.finish(fmt.Errorf("%w after %d attempts: %w", ErrReconnectGaveUp, failures, lastErr))
+		}()
+	}
+	failures := 0
+	var lastErr error = errors.New("not connected yet")
+	wait := conn == nil
+	hadSession := conn != nil // false until the first session of a client whose Dial could not connect
+	for {
+		if conn != nil {
+			end := c.session(conn)
+			switch {
+			case c.closedClean():
+				c.log.Debug("station: closed", "acked", c.ackedA.Load())
+				c.finish(nil)
+				return
+			case c.ctx.Err() != nil:
+				c.finish(ErrClosed)
 				return
 			}
-			if wait {
-				t := time.NewTimer(p.delay(max(failures, 1)))
-				select {
-				case <-t.C:
-				case <-c.ctx.Done():
-					t.Stop()
-					c.finish(ErrClosed)
-					return
+			var ce *CloseError
+			isClose := errors.As(end.err, &ce)
+			// The writer ended the session before a spool's hole, and the
+			// gateway closed it after its final ACK: nothing failed.
+			rolled := end.rolled && !isClose
+			switch {
+			case end.fallback:
+				// Logged once: the client stays on v1 from now on.
+				c.log.Warn("station: the gateway speaks protocol v1 only (it answered HELLO with CLOSE(5)); continuing with v1, at-least-once after a crash")
+				c.version.Store(1)
+			case isClose && ce.Reason.Fatal(), errors.Is(end.err, ErrEpochConflict):
+				c.log.Error("station: session refused", "err", end.err)
+				c.finish(end.err)
+				return
+			case rolled:
+				c.log.Info("station: frames missing from the spool; starting a new session after them")
+			default:
+				c.log.Info("station: session ended, reconnecting", "err", end.err, "unacked", c.sentA.Load()-c.ackedA.Load())
+				if c.opts.onDisconnect != nil {
+					c.opts.onDisconnect(end.err)
 				}
 			}
-			wait = true
-			ctx, cancel := context.WithTimeout(c.ctx, c.opts.dialTimeout)
-			var err error
-			conn, err = c.dial(ctx)
-			cancel()
-			if err != nil {
-				if c.ctx.Err() != nil {
-					c.finish(ErrClosed)
-					return
-				}
-				c.log.Debug("station: reconnect failed", "err", err, "attempt", failures+1)
-				lastErr = err
+			switch {
+			case end.fallback, rolled:
+			case end.progressed && !(isClose && ce.Reason == ReasonSuperseded):
+				failures = 0
+			default:
+				// Superseded counts as a failure even after progress, so
+				// that two clients of one identity back off instead of
+				// taking the session from each other at the initial delay.
 				failures++
 			}
+			lastErr = end.err
+			// After a fallback or a spool's new session the next dial goes
+			// at once: nothing failed.
+			wait = !end.fallback && !rolled
+		}
+		conn = c.redial(&failures, &lastErr, wait)
+		if conn == nil {
+			return // finished
+		}
+		wait = true
+		if !hadSession {
+			// Dial could not connect (a spool's client): this is the
+			// first session, not a reconnect.
+			hadSession = true
+			c.log.Info("station: connected")
+			continue
 		}
 		c.reconnects.Add(1)
 		c.log.Info("station: reconnected", "resend", c.sentA.Load()-c.ackedA.Load())
+	}
+}
+
+// closedClean reports whether Close was called and every frame is
+// acknowledged: the client may end.
+func (c *Client) closedClean() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closing && c.acked == c.sent
+}
+
+// redial dials until it has a connection, waiting the policy's back-off
+// before each attempt (before the first too when wait). It returns nil
+// after it finished the client: the policy gave up, or Close forced the end.
+func (c *Client) redial(failures *int, lastErr *error, wait bool) net.Conn {
+	p := c.opts.reconnect
+	if c.spool != nil {
+		// Store and forward: the frames wait in the spool, however long
+		// the gateway is away.
+		p.MaxAttempts = 0
+	}
+	for {
+		if wait && (p.MaxAttempts < 0 || (p.MaxAttempts > 0 && *failures >= p.MaxAttempts)) {
+			c.finish(fmt.Errorf("%w after %d attempts: %w", ErrReconnectGaveUp, *failures, *lastErr))
+			return nil
+		}
+		if wait {
+			t := time.NewTimer(p.delay(max(*failures, 1)))
+		backoff:
+			for {
+				select {
+				case <-t.C:
+					break backoff
+				case <-c.wake:
+					// Close with nothing left to send (a spool's client
+					// that never reached the gateway) needs no session.
+					if c.closedClean() {
+						t.Stop()
+						c.finish(nil)
+						return nil
+					}
+				case <-c.ctx.Done():
+					t.Stop()
+					c.finish(ErrClosed)
+					return nil
+				}
+			}
+		}
+		wait = true
+		ctx, cancel := context.WithTimeout(c.ctx, c.opts.dialTimeout)
+		conn, err := c.dial(ctx)
+		cancel()
+		if err == nil {
+			return conn
+		}
+		if c.ctx.Err() != nil {
+			c.finish(ErrClosed)
+			return nil
+		}
+		c.log.Debug("station: reconnect failed", "err", err, "attempt", *failures+1)
+		*lastErr = err
+		*failures++
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/meridian-telemetry/meridian/internal/frame"
+	"github.com/meridian-telemetry/meridian/internal/spool"
 )
 
 // Errors of the client itself. Check them with errors.Is.
@@ -35,6 +36,10 @@ var (
 	// reused, see WithEpoch). The client stops: resuming would hide its own
 	// frames behind the other writer's.
 	ErrEpochConflict = errors.New("station: epoch already used by another writer")
+	// ErrSpoolLocked means another client (in this process or another)
+	// has the spool directory open (WithSpool); its text names the
+	// holder's PID when known.
+	ErrSpoolLocked = spool.ErrLocked
 )
 
 // Errors for the gateway's CLOSE reasons. A *CloseError matches the one for

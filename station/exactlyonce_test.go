@@ -57,6 +57,7 @@ func streamGatewayLayout(t *testing.T, st *stream.Stream, addr string, packed bo
 type storedMsg struct {
 	station        string
 	epoch, seq     uint64
+	gap            uint64 // Meridian-Gap: frames lost just before this one
 	payload        []byte
 	session, msgID string
 	packed         bool // it came in a message of the packed layout
@@ -93,8 +94,9 @@ func readStream(t *testing.T, st *stream.Stream) []storedMsg {
 			h := m.Headers()
 			epoch, _ := strconv.ParseUint(h.Get(stream.HeaderEpoch), 10, 64)
 			seq, _ := strconv.ParseUint(h.Get(stream.HeaderSeq), 10, 64)
+			gap, _ := strconv.ParseUint(h.Get(stream.HeaderGap), 10, 64)
 			one := storedMsg{
-				station: h.Get(stream.HeaderStation), epoch: epoch, seq: seq,
+				station: h.Get(stream.HeaderStation), epoch: epoch, seq: seq, gap: gap,
 				payload: m.Data(), session: h.Get(stream.HeaderSession), msgID: h.Get(stream.HeaderMsgID),
 			}
 			if count := h.Get(stream.HeaderCount); count != "" {

@@ -94,6 +94,8 @@ type options struct {
 	epoch        uint64 // 0: pick a random one in Dial
 	firstSeq     uint64 // sequence number of the first frame Send accepts; ≥ 1
 	name         string
+	spoolDir     string // WithSpool: "" for none
+	spool        SpoolOptions
 	errs         []error
 }
 

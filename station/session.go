@@ -49,6 +49,8 @@ type session struct {
 	wfailed bool       // guarded by dlMu
 	werr    error      // written by the writer before it exits
 
+	rolled bool // written by the writer before it exits: it half-closed before a spool's hole
+
 	lastAck    uint64 // reader only: last ACK (v1: per-session count; v2: sequence)
 	progressed bool   // reader only: the gateway sent anything but CLOSE
 	welcomed   bool   // reader only: v1, or v2 after WELCOME
@@ -62,11 +64,15 @@ type sessionEnd struct {
 	err        error
 	progressed bool
 	fallback   bool
+	rolled     bool // the writer ended it before a spool's hole: reconnect at once
 }
 
 func (c *Client) session(conn net.Conn) sessionEnd {
 	now := time.Now()
 	c.mu.Lock()
+	if c.spool != nil {
+		c.skipHoleLocked()
+	}
 	s := &session{
 		c: c, conn: conn, v2: c.version.Load() == 2,
 		base: c.acked, first: c.acked + 1,
@@ -99,7 +105,7 @@ func (c *Client) session(conn net.Conn) sessionEnd {
 	conn.Close()
 	wg.Wait()
 
-	end := sessionEnd{err: rerr, progressed: s.progressed}
+	end := sessionEnd{err: rerr, progressed: s.progressed, rolled: s.rolled}
 	var ce *CloseError
 	switch {
 	case errors.As(rerr, &ce):
@@ -270,6 +276,21 @@ func (s *session) applyWelcome(ctl frame.Control) error {
 	case next < s.first:
 		c.mu.Unlock()
 		return fmt.Errorf("%w: WELCOME next %d is below the HELLO's first %d", ErrProtocol, next, s.first)
+	case c.spool != nil && next-1 > c.spool.Last():
+		last := c.spool.Last()
+		c.mu.Unlock()
+		return fmt.Errorf("%w: the gateway holds epoch %d up to frame %d, the spool only up to %d (a copy of this spool directory in use elsewhere?)", ErrEpochConflict, c.epoch, next-1, last)
+	case c.spool != nil:
+		// The stream may hold spooled frames not loaded yet: the writer
+		// loads from next on.
+		c.loaded = max(c.loaded, next-1)
+		if c.holeTo != 0 && next >= c.holeTo {
+			c.holeFrom, c.holeTo = 0, 0 // the stream has what the spool lost
+		}
+		if next-1 > c.sent {
+			c.sent = next - 1
+			c.sentA.Store(c.sent)
+		}
 	case next-1 > c.sent && !c.epochGiven:
 		sent := c.sent
 		c.mu.Unlock()
@@ -293,6 +314,9 @@ func (s *session) applyWelcome(ctl frame.Control) error {
 		c.signalLocked()
 	}
 	c.mu.Unlock()
+	if skipped > 0 && c.spool != nil {
+		c.spool.Ack(next - 1)
+	}
 	s.lastAck = base
 	s.welcomed = true
 	if c.opts.deadTimeout <= 0 {
@@ -366,6 +390,10 @@ func (s *session) ackLocked(g uint64) error {
 	}
 	c.signalLocked()
 	c.mu.Unlock()
+	if c.spool != nil {
+		c.spool.Ack(g)
+		c.kick() // the writer may load into the slots freed
+	}
 
 	for _, r := range s.lat {
 		c.opts.onLatency(r.last-r.first+1, now.Sub(r.at))
@@ -438,8 +466,36 @@ func (s *session) writeLoop() {
 		}
 		c.mu.Lock()
 		from, to, closing := c.written, c.sent, c.closing
+		var room uint64
+		hole := false
+		if c.spool != nil {
+			to, room, hole = c.loaded, window-(c.loaded-c.acked), c.holeTo != 0
+			closing = closing && c.loaded == c.sent
+		}
 		c.mu.Unlock()
+		if from == to && room > 0 && !hole {
+			n, err := c.load(room)
+			if err != nil {
+				s.fail(err)
+				return
+			}
+			if n > 0 {
+				continue
+			}
+			c.mu.Lock()
+			hole = c.holeTo != 0
+			closing = c.closing && c.loaded == c.sent
+			c.mu.Unlock()
+		}
 		if from == to {
+			if hole {
+				// The gateway numbers frames in order: the frames after
+				// the hole need a new session, whose HELLO starts after
+				// it. The final ACK covers what this one wrote.
+				s.rolled = true
+				s.halfClose()
+				return
+			}
 			if closing {
 				s.halfClose()
 				return

@@ -12,13 +12,17 @@ import (
 	"iter"
 	"log/slog"
 	"os"
+	"os/signal"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/meridian-telemetry/meridian/internal/config"
 	"github.com/meridian-telemetry/meridian/internal/frame"
+	"github.com/meridian-telemetry/meridian/internal/sdnotify"
 	"github.com/meridian-telemetry/meridian/station"
 )
 
@@ -47,6 +51,7 @@ type stationFlags struct {
 	tls        stationTLSFlags
 	protocol   int
 	name       string
+	spool      spoolFlags
 }
 
 // protocolFlag registers --protocol, shared by station and bench.
@@ -111,7 +116,7 @@ func (f *stationTLSFlags) config() (*tls.Config, error) {
 func newStationCmd() *cobra.Command {
 	var f stationFlags
 	cmd := &cobra.Command{
-		Use:   "station --addr HOST:PORT [FILE...]",
+		Use:   "station --addr HOST:PORT [--spool DIR [--follow DIR2]] [FILE...]",
 		Short: "Send frames to a gateway, as a ground station does",
 		Long: `Send frames to a gateway and wait until every one is acknowledged.
 
@@ -131,18 +136,77 @@ resends only what the gateway's WELCOME asks for, so that the stream holds
 each frame once. Without mutual TLS the name is the station's identity at
 the gateway (default: the remote IP); two stations with one identity
 supersede each other. Against a gateway that speaks only v1 (it answers the
-HELLO with CLOSE(5)) the station says so on stderr and goes on with v1.`,
+HELLO with CLOSE(5)) the station says so on stderr and goes on with v1.
+
+Store and forward (--spool DIR, protocol v2 only): every frame is written to
+a spool directory before it counts as accepted, and stays there until the
+gateway acknowledges it. The spool keeps the epoch and the numbering across
+runs, so a crash of this process, a reboot or a backhaul outage of any
+length loses and duplicates nothing. The gateway need not be reachable: the
+station keeps retrying in the background (--reconnect-attempts is ignored).
+At the end of the input it waits --ack-timeout for the ACKs; frames not
+acknowledged by then stay in the spool, the station says how many, and
+exits 1: the next run with the same --spool sends them first (a run with
+empty input, e.g. < /dev/null, only drains the spool). One process per spool
+directory: a second one exits 2 saying the spool is in use.
+
+Follow mode (--spool DIR --follow DIR2) runs as a service next to a
+recorder: it sends every capture file that appears in DIR2, each once, in
+name order, in the --in format (default lines; file: each file one frame),
+and removes it (--follow-done remove) or renames it to NAME.sent (rename)
+once every frame of it is acknowledged. It ignores directories and names
+starting with "." or ending in .tmp, .part, .sent or .bad: a recorder writes
+a capture under such a name (or elsewhere on the same file system) and
+renames it into place when complete. A file that sorts at or before the
+last file started is skipped with a warning. A file that cannot be read to
+its end (a malformed record) has the frames before the damage sent and is
+renamed NAME.bad. Follow state is in DIR/follow.json; a crash or power
+failure at any moment neither repeats nor loses a file's frames. On SIGTERM
+or SIGINT it stops reading, waits up to 5s (less if --ack-timeout is
+shorter) for ACKs, and exits 0: what is not acknowledged stays spooled.
+Under systemd (Type=notify) it sends READY=1 once the spool is open, a
+STATUS= line each --progress interval, and STOPPING=1 on the signal.
+
+--spool DIR --status prints what the spool holds (frames and bytes
+waiting, the oldest waiting frame's age, epoch, sequence numbers, segments,
+the process holding it, follow mode's pending files) and exits 0 (1 when
+DIR is not a spool); --addr is not needed.
+
+Exit status: 0 when every frame is acknowledged (follow mode: stopped by its
+signal); 1 on a runtime failure, or frames left unacknowledged; 2 for bad
+flags, or a spool in use by another process.`,
 		Example: `  meridian station --addr gw:7777 reading.bin
   tail -f telemetry.log | meridian station --addr gw:7777 --in lines
   meridian tail --format raw | meridian station --addr other:7777 --in framed
-  meridian station --addr gw:7777 --count 10000 --size 512 --rate 1000`,
+  meridian station --addr gw:7777 --count 10000 --size 512 --rate 1000
+  meridian station --addr gw:7777 --spool /var/spool/meridian --in framed < pass.raw
+  meridian station --addr gw:7777 --spool /var/spool/meridian < /dev/null
+  meridian station --addr gw:7777 --spool /var/spool/meridian --follow /srv/captures --in framed
+  meridian station --spool /var/spool/meridian --status`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return stationRun(cmd.Context(), &f, args, cmd.InOrStdin(), cmd.ErrOrStderr())
+			if f.spool.dir == "" {
+				for _, name := range spoolDependentFlags {
+					if cmd.Flags().Changed(name) {
+						return usage(fmt.Errorf("--%s needs --spool", name))
+					}
+				}
+			}
+			if cmd.Flags().Changed("json") && !f.spool.status {
+				return usage(errors.New("--json goes with --status"))
+			}
+			ctx := cmd.Context()
+			if f.spool.follow != "" {
+				// A service: SIGTERM is the normal stop, not a kill.
+				var stop context.CancelFunc
+				ctx, stop = signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+				defer stop()
+			}
+			return stationRun(ctx, &f, args, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&f.addr, "addr", "", "gateway address HOST:PORT (required)")
-	fs.StringVar(&f.in, "in", "", `input format: "file" (each FILE is one frame; the default with FILEs), "lines" (the default for stdin) or "framed"`)
+	fs.StringVar(&f.addr, "addr", "", "gateway address HOST:PORT (required, except with --status)")
+	fs.StringVar(&f.in, "in", "", `input format: "file" (each FILE is one frame; the default with FILEs), "lines" (the default for stdin and --follow) or "framed"`)
 	fs.Uint64Var(&f.count, "count", 0, "send this many synthetic frames instead of reading input")
 	fs.IntVar(&f.size, "size", 256, "payload size of synthetic frames, bytes")
 	fs.Float64Var(&f.rate, "rate", 0, "synthetic frames per second (0: as fast as the window allows)")
@@ -150,22 +214,46 @@ HELLO with CLOSE(5)) the station says so on stderr and goes on with v1.`,
 	fs.IntVar(&f.window, "window", station.DefaultWindow, "frames in flight (unacknowledged) at most")
 	fs.DurationVar(&f.keepalive, "keepalive", station.DefaultKeepalive, "send a keepalive after this long without data (0: never)")
 	fs.DurationVar(&f.dead, "dead-timeout", station.DefaultDeadTimeout, "reconnect when the gateway sends no heartbeat or ACK progress for this long (0: never)")
-	fs.IntVar(&f.attempts, "reconnect-attempts", 10, "consecutive failed reconnects before giving up (0: unlimited)")
-	fs.DurationVar(&f.ackTimeout, "ack-timeout", 30*time.Second, "how long to wait for the last ACKs once the input ends")
-	fs.DurationVar(&f.progress, "progress", time.Second, "interval of ACK progress lines on stderr (0: only the final line)")
+	fs.IntVar(&f.attempts, "reconnect-attempts", 10, "consecutive failed reconnects before giving up (0: unlimited; ignored with --spool, which retries forever)")
+	fs.DurationVar(&f.ackTimeout, "ack-timeout", 30*time.Second, "how long to wait for the last ACKs once the input ends (with --spool, unacknowledged frames then stay spooled and the exit status is 1)")
+	fs.DurationVar(&f.progress, "progress", time.Second, "interval of ACK progress lines on stderr, and of systemd STATUS= updates (0: only the final line)")
 	fs.BoolVarP(&f.verbose, "verbose", "v", false, "log reconnects and session changes to stderr")
 	protocolFlag(cmd, &f.protocol)
 	fs.StringVar(&f.name, "name", "", "station name in the v2 HELLO: the station's identity at the gateway without mutual TLS (default: none, the gateway uses the remote IP)")
 	f.tls.register(cmd)
-	cmd.MarkFlagRequired("addr")
+
+	sp := &f.spool
+	fs.StringVar(&sp.dir, "spool", "", "keep every frame in this directory until the gateway acknowledges it (store and forward; created if missing; protocol v2 only)")
+	fs.StringVar(&sp.sync, "spool-sync", station.DefaultSpoolSync.String(), `spool durability: an interval, or "always". Interval: a frame is written to the spool file before it is accepted and survives a crash of the process; a power failure can lose up to the last interval of accepted frames, never one already sent to the gateway. always: an fdatasync covers a frame before it is accepted, so nothing accepted is lost in a power failure. A frame leaves for the gateway only once synced, so the interval adds to latency`)
+	sp.maxBytes = config.Size(station.DefaultSpoolMaxBytes)
+	fs.Var(&sp.maxBytes, "spool-max-bytes", "bound of the spool's files (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")
+	fs.StringVar(&sp.full, "spool-full", "block", `when the spool holds --spool-max-bytes: "block" (reading input waits for ACKs to free space) or "drop-oldest" (the oldest spool files are discarded with their unacknowledged frames, counted and logged; the frames that can no longer be sent are reported to the gateway as a gap)`)
+	fs.BoolVar(&sp.status, "status", false, "with --spool: print what the spool holds and exit 0 (works while another station runs on it)")
+	fs.BoolVar(&sp.json, "json", false, "with --status: print it as JSON")
+	fs.StringVar(&sp.follow, "follow", "", "with --spool: send every capture file that appears in this directory, once, in name order, until SIGTERM/SIGINT (no FILE arguments, stdin or --count)")
+	fs.StringVar(&sp.followDone, "follow-done", followDoneRemove, `what --follow does with a file once every frame of it is acknowledged: "remove", or "rename" to NAME.sent`)
+	fs.DurationVar(&sp.followPoll, "follow-poll", time.Second, "how often --follow lists its directory")
 	return cmd
 }
 
 // stationRun is the whole command: everything but flag parsing, so that
 // tests drive it directly.
-func stationRun(ctx context.Context, f *stationFlags, args []string, stdin io.Reader, stderr io.Writer) error {
+func stationRun(ctx context.Context, f *stationFlags, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if ctx == nil {
 		ctx = context.Background()
+	}
+	sp := &f.spool
+	if sp.status {
+		if sp.dir == "" {
+			return usage(errors.New("--status needs --spool"))
+		}
+		if len(args) > 0 || f.count > 0 || sp.follow != "" {
+			return usage(errors.New("--status only reports: no FILE arguments, --count or --follow"))
+		}
+		return printSpoolStatus(stdout, sp.dir, sp.json, time.Now())
+	}
+	if f.addr == "" {
+		return usage(errors.New(`required flag "addr" not set`))
 	}
 	in := f.in
 	if in == "" {
@@ -179,7 +267,23 @@ func stationRun(ctx context.Context, f *stationFlags, args []string, stdin io.Re
 	default:
 		return usage(fmt.Errorf("--in %q is not one of file, lines, framed", f.in))
 	}
-	if in == stationInFile && len(args) == 0 && f.count == 0 {
+	if sp.follow != "" {
+		switch {
+		case sp.dir == "":
+			return usage(errors.New("--follow needs --spool"))
+		case len(args) > 0 || f.count > 0:
+			return usage(errors.New("--follow reads its directory: no FILE arguments and no --count"))
+		case sp.followDone != followDoneRemove && sp.followDone != followDoneRename:
+			return usage(fmt.Errorf("--follow-done %q is not one of remove, rename", sp.followDone))
+		case sp.followPoll <= 0:
+			return usage(fmt.Errorf("--follow-poll %s must be positive", sp.followPoll))
+		}
+		if same, err := sameDir(sp.follow, sp.dir); err != nil {
+			return usage(fmt.Errorf("--follow: %w", err))
+		} else if same {
+			return usage(errors.New("--follow and --spool must be different directories"))
+		}
+	} else if in == stationInFile && len(args) == 0 && f.count == 0 {
 		return usage(errors.New("--in file needs FILE arguments"))
 	}
 	if f.count > 0 && len(args) > 0 {
@@ -199,10 +303,19 @@ func stationRun(ctx context.Context, f *stationFlags, args []string, stdin io.Re
 	if proto == station.ProtocolV1 && f.name != "" {
 		return usage(errors.New("--name goes in the v2 HELLO: not with --protocol 1"))
 	}
+	spoolOpt, err := sp.option()
+	if err != nil {
+		return usage(err)
+	}
+	if spoolOpt != nil && proto == station.ProtocolV1 {
+		return usage(errors.New("--spool needs protocol v2 (the spool resumes by epoch): not with --protocol 1"))
+	}
 	logLevel := slog.LevelWarn
-	if f.verbose {
+	if f.verbose || sp.follow != "" {
 		logLevel = slog.LevelInfo
 	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
+	var link linkState
 	attempts := f.attempts
 	opts := []station.Option{
 		station.WithMaxFrame(f.maxFrame),
@@ -210,11 +323,17 @@ func stationRun(ctx context.Context, f *stationFlags, args []string, stdin io.Re
 		station.WithKeepalive(f.keepalive),
 		station.WithDeadTimeout(f.dead),
 		station.WithReconnect(station.ReconnectPolicy{MaxAttempts: attempts}),
-		station.WithLogger(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))),
+		station.WithLogger(log),
 		station.WithOnDisconnect(func(err error) {
+			link.onDisconnect(err)
 			fmt.Fprintf(stderr, "station: %v; reconnecting\n", err)
 		}),
-		station.WithProtocol(proto),
+		station.WithOnAck(link.onAck),
+	}
+	if spoolOpt != nil {
+		opts = append(opts, spoolOpt) // implies v2 only
+	} else {
+		opts = append(opts, station.WithProtocol(proto))
 	}
 	if f.name != "" {
 		opts = append(opts, station.WithName(f.name))
@@ -222,16 +341,47 @@ func stationRun(ctx context.Context, f *stationFlags, args []string, stdin io.Re
 	if tlsCfg != nil {
 		opts = append(opts, station.WithTLS(tlsCfg))
 	}
+	var leftSince time.Time
+	if spoolOpt != nil {
+		leftSince = spoolOldest(sp.dir, time.Now())
+	}
 	dialCtx, cancel := context.WithTimeout(ctx, station.DefaultDialTimeout)
 	c, err := station.Dial(dialCtx, f.addr, opts...)
 	cancel()
-	if errors.Is(err, station.ErrInvalidOption) {
+	switch {
+	case errors.Is(err, station.ErrSpoolLocked):
+		return spoolLockedError(sp.dir, err)
+	case errors.Is(err, station.ErrInvalidOption):
 		return usage(err)
-	}
-	if err != nil {
+	case err != nil:
 		return err
 	}
+	if spoolOpt == nil {
+		return stationStream(ctx, c, f, in, args, stdin, stderr)
+	}
+	return stationSpooled(ctx, c, f, in, args, stdin, stderr, log, &link, leftSince)
+}
 
+// sameDir says whether two paths name one directory (the second need not
+// exist yet: the spool is created by Dial).
+func sameDir(a, b string) (bool, error) {
+	fa, err := os.Stat(a)
+	if err != nil {
+		return false, err
+	}
+	fb, err := os.Stat(b)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return os.SameFile(fa, fb), nil
+}
+
+// stationStream is a run without a spool: frames live in the client's
+// window until acknowledged.
+func stationStream(ctx context.Context, c *station.Client, f *stationFlags, in string, args []string, stdin io.Reader, stderr io.Writer) error {
 	var wg sync.WaitGroup
 	stopProgress := make(chan struct{})
 	if f.progress > 0 {
@@ -261,6 +411,129 @@ func stationRun(ctx context.Context, f *stationFlags, args []string, stdin io.Re
 		return ctx.Err()
 	}
 	fmt.Fprintf(stderr, "sent %d frames, all acknowledged (%d reconnects; protocol v%d, epoch %d)\n", st.Sent, st.Reconnects, c.ProtocolVersion(), c.Epoch())
+	return nil
+}
+
+// followStopBound bounds the wait for ACKs when a signal stops follow
+// mode: a service manager's stop timeout (systemd: 90 s) must not be
+// reached, and what is not acknowledged stays spooled anyway.
+const followStopBound = 5 * time.Second
+
+// stationSpooled is a run with a spool: the input (or the follow
+// directory) goes into the spool, and the client sends from it, including
+// what earlier runs left.
+func stationSpooled(ctx context.Context, c *station.Client, f *stationFlags, in string, args []string, stdin io.Reader, stderr io.Writer, log *slog.Logger, link *linkState, leftSince time.Time) error {
+	sp := &f.spool
+	st0 := c.Stats()
+	if w := st0.Sent - st0.Acked; w > 0 {
+		fmt.Fprintf(stderr, "spool %s holds %d frames from earlier runs (%d..%d) not known to be acknowledged: the gateway gets those it lacks first\n", sp.dir, w, st0.Acked+1, st0.Sent)
+	}
+	var fw *follower
+	if sp.follow != "" {
+		fw = &follower{
+			c: c, spoolDir: sp.dir, dir: sp.follow, in: in, maxFrame: f.maxFrame,
+			rename: sp.followDone == followDoneRename, poll: sp.followPoll, log: log,
+		}
+		fw.pending.Store(-1)
+	}
+	var ages ageTracker
+	ages.start(st0.Sent, leftSince)
+	// status returns the status line, and the same without the age: what
+	// says whether anything changed.
+	status := func() (line, key string) {
+		st := c.Stats()
+		pending := -1
+		if fw != nil {
+			pending = int(fw.pending.Load())
+		}
+		line = spoolStatusLine(st, c.Epoch(), ages.observe(st.Sent, st.Acked, time.Now()), link, pending)
+		return line, spoolStatusLine(st, c.Epoch(), 0, link, pending)
+	}
+	// The station works without the gateway: it is ready once the spool
+	// is open and the client exists.
+	first, _ := status()
+	sd := newNotifier(log, sdnotify.Ready+"\n"+sdnotify.Status(first))
+
+	var wg sync.WaitGroup
+	stopProgress := make(chan struct{})
+	if f.progress > 0 {
+		wg.Go(func() {
+			t := time.NewTicker(f.progress)
+			defer t.Stop()
+			var prev string
+			for {
+				select {
+				case <-stopProgress:
+					return
+				case <-t.C:
+				}
+				line, key := status()
+				sd.send(sdnotify.Status(line))
+				// A service's journal gets a line only when something
+				// other than the age changed.
+				if fw == nil || key != prev {
+					fmt.Fprintln(stderr, line)
+				}
+				prev = key
+			}
+		})
+	}
+
+	var runErr error
+	if fw != nil {
+		runErr = fw.run(ctx)
+	} else {
+		runErr = stationSendAll(ctx, c, f, in, args, stdin)
+	}
+	bound := f.ackTimeout
+	switch {
+	case fw != nil:
+		if ctx.Err() != nil {
+			sd.send(sdnotify.Stopping)
+		}
+		bound = min(bound, followStopBound)
+	case ctx.Err() != nil:
+		bound = time.Second // interrupted: frames stay spooled anyway
+	}
+	closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bound)
+	closeErr := c.Close(closeCtx)
+	cancel()
+	close(stopProgress)
+	wg.Wait()
+	if fw != nil {
+		// Files acknowledged while Close waited are done.
+		if err := fw.finishAcked(); err != nil && runErr == nil {
+			runErr = err
+		}
+	}
+
+	st := c.Stats()
+	left := st.Sent - st.Acked
+	fmt.Fprintf(stderr, "spooled %d frames this run; sent %d, acknowledged %d (%d reconnects; protocol v2, epoch %d)\n",
+		st.Sent-st0.Sent, st.Sent, st.Acked, st.Reconnects, c.Epoch())
+	if st.Dropped > 0 || st.Damaged > 0 {
+		fmt.Fprintf(stderr, "spool: %d frames dropped (--spool-full drop-oldest), %d found damaged and skipped\n", st.Dropped, st.Damaged)
+	}
+	if left > 0 {
+		fmt.Fprintf(stderr, "%d frames stay in the spool %s: the next run with --spool %s sends them\n", left, sp.dir, sp.dir)
+	}
+	switch {
+	case runErr != nil && !errors.Is(runErr, station.ErrClosed):
+		return runErr
+	case fw != nil:
+		// A service stopped by its signal: frames left are not a failure.
+		if closeErr != nil && left == 0 {
+			return closeErr
+		}
+		return nil
+	case closeErr != nil && left > 0:
+		return fmt.Errorf("%d frames not acknowledged within --ack-timeout %s, kept in the spool: %w", left, bound, closeErr)
+	case closeErr != nil:
+		return closeErr
+	case ctx.Err() != nil:
+		return ctx.Err()
+	}
+	fmt.Fprintf(stderr, "sent %d frames, all acknowledged (spool %s)\n", st.Sent, sp.dir)
 	return nil
 }
 

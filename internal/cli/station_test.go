@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +25,7 @@ import (
 	"github.com/meridian-telemetry/meridian/internal/gateway"
 	"github.com/meridian-telemetry/meridian/internal/gateway/gatewaytest"
 	"github.com/meridian-telemetry/meridian/internal/sink"
+	"github.com/meridian-telemetry/meridian/station"
 )
 
 // stationExec runs `meridian station` with args and stdin; it returns the
@@ -268,4 +270,265 @@ func startV1Gateway(t *testing.T) (addr string, hellos, frames *atomic.Int64) {
 		wg.Wait()
 	})
 	return ln.Addr().String(), hellos, frames
+}
+
+// stationMain runs `meridian station ARGS` as the binary does, through
+// Main, and returns its exit status and output (stdout and stderr).
+func stationMain(t *testing.T, stdin string, args ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var out syncBuffer
+	root := newRootCmd(&out, &out)
+	root.SetIn(strings.NewReader(stdin))
+	root.SetArgs(append([]string{"station"}, args...))
+	err := root.ExecuteContext(ctx)
+	code := ExitOK
+	if err != nil {
+		fmt.Fprintf(&out, "meridian: %v\n", err)
+		// As Main maps errors to exit statuses (Main itself reads no
+		// stdin of the caller's choosing).
+		var ue usageError
+		var ee exitError
+		switch {
+		case errors.As(err, &ee):
+			code = ee.code
+		case errors.As(err, &ue) || isFlagError(err):
+			code = ExitConfig
+		default:
+			code = ExitFail
+		}
+	}
+	return code, out.String()
+}
+
+// syncBuffer is a bytes.Buffer safe for the command's goroutines and the
+// test reading it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// TestStationSpoolUsage: every misuse of the spool flags is a usage error
+// (exit 2) that names the flag, before anything is dialled or created.
+func TestStationSpoolUsage(t *testing.T) {
+	dir := t.TempDir()
+	spoolDir := filepath.Join(dir, "spool")
+	followDir := filepath.Join(dir, "in")
+	os.Mkdir(followDir, 0o700)
+	addr := closedPort(t)
+	f := func(want string, args ...string) {
+		t.Helper()
+		code, out := stationMain(t, "", args...)
+		if code != ExitConfig || !strings.Contains(out, want) {
+			t.Errorf("%v: exit %d, output %q; want exit 2 naming %q", args, code, out, want)
+		}
+	}
+	f("--spool-sync needs --spool", "--addr", addr, "--spool-sync", "1s")
+	f("--spool-max-bytes needs --spool", "--addr", addr, "--spool-max-bytes", "1MiB")
+	f("--spool-full needs --spool", "--addr", addr, "--spool-full", "drop-oldest")
+	f("--follow needs --spool", "--addr", addr, "--follow", followDir)
+	f("--status needs --spool", "--status")
+	f("--json goes with --status", "--addr", addr, "--spool", spoolDir, "--json")
+	f("--protocol 1", "--addr", addr, "--spool", spoolDir, "--protocol", "1")
+	f("--spool-sync", "--addr", addr, "--spool", spoolDir, "--spool-sync", "sometimes")
+	f("--spool-sync", "--addr", addr, "--spool", spoolDir, "--spool-sync", "0s")
+	f("invalid size", "--addr", addr, "--spool", spoolDir, "--spool-max-bytes", "12XB")
+	f("--spool-max-bytes", "--addr", addr, "--spool", spoolDir, "--spool-max-bytes", "0")
+	f("--spool-full", "--addr", addr, "--spool", spoolDir, "--spool-full", "never")
+	f("no FILE arguments", "--addr", addr, "--spool", spoolDir, "--follow", followDir, "x.txt")
+	f("no FILE arguments and no --count", "--addr", addr, "--spool", spoolDir, "--follow", followDir, "--count", "3")
+	f("--follow-done", "--addr", addr, "--spool", spoolDir, "--follow", followDir, "--follow-done", "keep")
+	f("--follow-poll", "--addr", addr, "--spool", spoolDir, "--follow", followDir, "--follow-poll", "0s")
+	f("different directories", "--addr", addr, "--spool", followDir, "--follow", followDir)
+	f("--follow", "--addr", addr, "--spool", spoolDir, "--follow", filepath.Join(dir, "missing"))
+	f(`"addr" not set`, "--spool", spoolDir)
+	if _, err := os.Stat(spoolDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a usage error created the spool directory: %v", err)
+	}
+}
+
+// spoolRun runs `meridian station` with a spool and returns its error and
+// output.
+func spoolRun(t *testing.T, stdin string, args ...string) (string, error) {
+	t.Helper()
+	return stationExec(t, stdin, append([]string{"--progress", "0", "--spool-sync", "10ms"}, args...)...)
+}
+
+// countPayloads fails the test unless the sink holds each of want exactly
+// once, and nothing else.
+func countPayloads(t *testing.T, mem *sink.Memory, want []string) {
+	t.Helper()
+	seen := make(map[string]int)
+	for _, p := range payloads(mem) {
+		seen[p]++
+	}
+	for _, w := range want {
+		if seen[w] != 1 {
+			t.Errorf("payload %q stored %d times, want once", w, seen[w])
+		}
+		delete(seen, w)
+	}
+	for p, n := range seen {
+		t.Errorf("unexpected payload %q stored %d times", p, n)
+	}
+}
+
+func TestStationSpoolStdin(t *testing.T) {
+	stationLeakCheck(t)
+	mem := sink.NewMemory()
+	gw := gatewaytest.Start(t, gatewaytest.Config(), mem)
+	dir := filepath.Join(t.TempDir(), "spool")
+	for _, mode := range []string{"10ms", "always"} {
+		mem := sink.NewMemory()
+		gw := gatewaytest.Start(t, gatewaytest.Config(), mem)
+		stderr, err := spoolRun(t, "a\nb\nc\n", "--addr", gw.Addr, "--spool", filepath.Join(t.TempDir(), "s"), "--spool-sync", mode)
+		if err != nil {
+			t.Fatalf("--spool-sync %s: %v\n%s", mode, err, stderr)
+		}
+		if got := strings.Join(payloads(mem), "|"); got != "a|b|c" {
+			t.Errorf("--spool-sync %s: sink holds %q", mode, got)
+		}
+	}
+	// Numbering continues across runs of one spool: the second run's
+	// frames are 3 and 4 of the same epoch.
+	for _, in := range []string{"1\n2\n", "3\n4\n"} {
+		stderr, err := spoolRun(t, in, "--addr", gw.Addr, "--spool", dir)
+		if err != nil || !strings.Contains(stderr, "all acknowledged") {
+			t.Fatalf("%v\n%s", err, stderr)
+		}
+	}
+	frames := mem.Frames()
+	if len(frames) != 4 {
+		t.Fatalf("%d frames stored, want 4", len(frames))
+	}
+	for i, fr := range frames {
+		if fr.Seq != uint64(i+1) || fr.Epoch != frames[0].Epoch || string(fr.Payload) != fmt.Sprint(i+1) {
+			t.Errorf("frame %d stored as epoch %d seq %d %q; want one epoch, seq %d", i, fr.Epoch, fr.Seq, fr.Payload, i+1)
+		}
+	}
+}
+
+// TestStationSpoolLeftoverThenDrain: with the gateway down, the frames stay
+// in the spool and the run says so and fails; a later run with no input
+// sends them, and the stream holds each once.
+func TestStationSpoolLeftoverThenDrain(t *testing.T) {
+	stationLeakCheck(t)
+	dir := filepath.Join(t.TempDir(), "spool")
+	want := []string{"one", "two", "three"}
+	stderr, err := spoolRun(t, strings.Join(want, "\n"), "--addr", closedPort(t), "--spool", dir, "--ack-timeout", "300ms")
+	if err == nil {
+		t.Fatalf("no error with the gateway down\n%s", stderr)
+	}
+	var ue usageError
+	if errors.As(err, &ue) {
+		t.Errorf("a gateway outage is a usage error: %v", err)
+	}
+	if !strings.Contains(stderr, "3 frames stay in the spool") || !strings.Contains(err.Error(), "kept in the spool") {
+		t.Errorf("error %q, stderr %q: want the 3 frames left said", err, stderr)
+	}
+
+	mem := sink.NewMemory()
+	gw := gatewaytest.Start(t, gatewaytest.Config(), mem)
+	stderr, err = spoolRun(t, "", "--addr", gw.Addr, "--spool", dir)
+	if err != nil {
+		t.Fatalf("drain: %v\n%s", err, stderr)
+	}
+	if !strings.Contains(stderr, "holds 3 frames from earlier runs") {
+		t.Errorf("stderr %q: want the leftover said", stderr)
+	}
+	countPayloads(t, mem, want)
+	// A third run finds nothing to send.
+	if stderr, err := spoolRun(t, "", "--addr", gw.Addr, "--spool", dir); err != nil {
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	countPayloads(t, mem, want)
+}
+
+// holdSpool opens the spool in dir in this process, as a running station
+// does, until the test ends.
+func holdSpool(t *testing.T, dir string) *station.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := station.Dial(ctx, closedPort(t), station.WithSpool(dir, station.SpoolOptions{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		c.Close(ctx)
+	})
+	return c
+}
+
+func TestStationSpoolStatus(t *testing.T) {
+	stationLeakCheck(t)
+	dir := filepath.Join(t.TempDir(), "spool")
+	if _, err := spoolRun(t, "x\ny\n", "--addr", closedPort(t), "--spool", dir, "--ack-timeout", "100ms"); err == nil {
+		t.Fatal("no error with the gateway down")
+	}
+	code, out := stationMain(t, "", "--spool", dir, "--status")
+	if code != ExitOK {
+		t.Fatalf("exit %d\n%s", code, out)
+	}
+	for _, want := range []string{"spool " + dir, "waiting        2 frames, 1..2", "oldest waiting", "epoch", "not in use"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+
+	c := holdSpool(t, dir)
+	code, out = stationMain(t, "", "--spool", dir, "--status")
+	if want := fmt.Sprintf("in use by process %d", os.Getpid()); code != ExitOK || !strings.Contains(out, want) {
+		t.Errorf("exit %d, status %q; want 0 and %q", code, out, want)
+	}
+	if !strings.Contains(out, fmt.Sprintf("epoch          %d", c.Epoch())) {
+		t.Errorf("status %q lacks the epoch %d", out, c.Epoch())
+	}
+	var js bytes.Buffer
+	cmd := newStationCmd()
+	cmd.SetArgs([]string{"--spool", dir, "--status", "--json"})
+	cmd.SetOut(&js)
+	cmd.SetErr(io.Discard)
+	if err := cmd.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	var r statusReport
+	if err := json.Unmarshal(js.Bytes(), &r); err != nil {
+		t.Fatalf("%v: %s", err, js.String())
+	}
+	if r.Epoch != c.Epoch() || r.Waiting != 2 || r.Last != 2 || !r.InUse || r.PID != os.Getpid() {
+		t.Errorf("--json: %+v", r)
+	}
+	code, out = stationMain(t, "", "--spool", filepath.Join(t.TempDir(), "none"), "--status")
+	if code != ExitFail || !strings.Contains(out, "--status") {
+		t.Errorf("status of a missing spool: exit %d, %q", code, out)
+	}
+}
+
+// TestStationSpoolLocked: a second station on a spool in use gets a clear
+// error and exit status 2, and the spool is untouched.
+func TestStationSpoolLocked(t *testing.T) {
+	stationLeakCheck(t)
+	dir := filepath.Join(t.TempDir(), "spool")
+	holdSpool(t, dir)
+	gw := gatewaytest.Start(t, gatewaytest.Config(), sink.NewMemory())
+	code, out := stationMain(t, "a\n", "--addr", gw.Addr, "--spool", dir, "--progress", "0")
+	if code != ExitConfig || !strings.Contains(out, "is in use by another meridian station") {
+		t.Errorf("exit %d, output %q; want 2 and the spool in use said", code, out)
+	}
 }

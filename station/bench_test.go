@@ -128,7 +128,7 @@ func BenchmarkSpoolSend(b *testing.B) {
 		{"nospool", nil, 1},
 		{"sync=100ms", &station.SpoolOptions{}, 1},
 		{"sync=always", &station.SpoolOptions{SyncAlways: true}, 1},
-		{"sync=always/senders=16", &station.SpoolOptions{SyncAlways: true}, 16},
+		{"sync=always,senders=16", &station.SpoolOptions{SyncAlways: true}, 16},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			gw := gatewaytest.Start(b, gatewaytest.Config(), sink.NewDiscard())

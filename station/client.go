@@ -485,6 +485,11 @@ func (c *Client) run(conn net.Conn) {
 				c.log.Error("station: session refused", "err", end.err)
 				c.finish(end.err)
 				return
+			case end.spoolErr != nil:
+				// Not the network's: retrying would read the same file.
+				c.log.Error("station: stopped: the spool cannot be read", "err", end.spoolErr)
+				c.finish(end.spoolErr)
+				return
 			case rolled:
 				c.log.Info("station: frames missing from the spool; starting a new session after them")
 			default:

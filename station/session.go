@@ -49,7 +49,8 @@ type session struct {
 	wfailed bool       // guarded by dlMu
 	werr    error      // written by the writer before it exits
 
-	rolled bool // written by the writer before it exits: it half-closed before a spool's hole
+	rolled   bool  // written by the writer before it exits: it half-closed before a spool's hole
+	spoolErr error // written by the writer before it exits: reading the spool failed
 
 	lastAck    uint64 // reader only: last ACK (v1: per-session count; v2: sequence)
 	progressed bool   // reader only: the gateway sent anything but CLOSE
@@ -64,7 +65,8 @@ type sessionEnd struct {
 	err        error
 	progressed bool
 	fallback   bool
-	rolled     bool // the writer ended it before a spool's hole: reconnect at once
+	rolled     bool  // it ended at a spool's hole, everything before it acknowledged: reconnect at once
+	spoolErr   error // reading the spool failed: the client stops
 }
 
 func (c *Client) session(conn net.Conn) sessionEnd {
@@ -105,7 +107,12 @@ func (c *Client) session(conn net.Conn) sessionEnd {
 	conn.Close()
 	wg.Wait()
 
-	end := sessionEnd{err: rerr, progressed: s.progressed, rolled: s.rolled}
+	c.mu.Lock()
+	// Rolled over only if the final ACK came: a gateway that reset the
+	// connection before it gets the back-off like any other failure.
+	rolled := s.rolled && c.holeTo != 0 && c.acked+1 >= c.holeFrom
+	c.mu.Unlock()
+	end := sessionEnd{err: rerr, progressed: s.progressed, rolled: rolled, spoolErr: s.spoolErr}
 	var ce *CloseError
 	switch {
 	case errors.As(rerr, &ce):
@@ -476,6 +483,7 @@ func (s *session) writeLoop() {
 		if from == to && room > 0 && !hole {
 			n, err := c.load(room)
 			if err != nil {
+				s.spoolErr = err
 				s.fail(err)
 				return
 			}

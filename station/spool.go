@@ -154,8 +154,11 @@ func (c *Client) load(room uint64) (int, error) {
 	var holeFrom, holeTo uint64
 	for uint64(n) < room {
 		rec, ok, err := c.reader.Next()
+		if err != nil && n > 0 {
+			break // send what was loaded; the next call meets it again
+		}
 		if err != nil {
-			return n, fmt.Errorf("station: reading the spool: %w", err)
+			return 0, fmt.Errorf("station: reading the spool: %w", err)
 		}
 		if !ok {
 			// The reader passed frames it did not return (the end of the

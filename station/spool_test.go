@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meridian-telemetry/meridian/internal/gateway/gatewaytest"
+	"github.com/meridian-telemetry/meridian/internal/sink"
 	"github.com/meridian-telemetry/meridian/station"
 )
 
@@ -266,10 +268,12 @@ func segmentHolding(t *testing.T, dir string, payload []byte) (name string, b []
 	return "", nil, 0
 }
 
-// TestSpoolDropOldest: the gateway is away, the spool is tiny and its
-// policy drop-oldest. Send never blocks; the oldest frames are discarded and
-// counted; the stream holds the rest, in order, with the gap marked on the
-// first frame after the discarded ones.
+// TestSpoolDropOldest: the backhaul goes down, the spool is tiny and its
+// policy drop-oldest. Send never blocks; the oldest spool files go, with
+// the unacknowledged frames in them, counted. When the gateway is back, the
+// stream holds the rest in order, and every frame missing lies in a gap
+// marked on the frame after it (frames in flight when the link went were
+// kept in memory and may have been sent after all).
 func TestSpoolDropOldest(t *testing.T) {
 	st := openStream(t)
 	addr := freeAddr(t)
@@ -303,16 +307,46 @@ func TestSpoolDropOldest(t *testing.T) {
 	if err := c.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	msgs := readStream(t, st)
-	missing := map[uint64]bool{}
-	for seq := uint64(before + 1); seq <= before+dropped; seq++ {
-		missing[seq] = true
+	var recs []gapRec
+	for _, m := range readStream(t, st) {
+		if m.station != "gs-spool" || m.epoch != c.Epoch() {
+			t.Fatalf("message of station %q epoch %d", m.station, m.epoch)
+		}
+		recs = append(recs, gapRec{m.seq, m.gap, m.payload})
 	}
-	// The oldest unacknowledged frames went: before+1 .. before+dropped.
-	checkStream(t, msgs, c.Epoch(), n, missing)
-	if m := msgs[before]; m.seq != before+dropped+1 || m.gap != dropped {
-		t.Fatalf("first frame after the drop: seq %d gap %d, want %d with Meridian-Gap %d", m.seq, m.gap, before+dropped+1, dropped)
+	checkGaps(t, recs, n, dropped)
+}
+
+// gapRec is a stored frame as checkGaps sees it.
+type gapRec struct {
+	seq, gap uint64
+	payload  []byte
+}
+
+// checkGaps asserts that recs hold frames of 1..n in order, each once and
+// with its payload, the last one n, and that every run of missing frames
+// is told by the Meridian-Gap of the frame after it, the runs adding up to
+// something and to at most dropped.
+func checkGaps(t *testing.T, recs []gapRec, n, dropped uint64) {
+	t.Helper()
+	prev, gaps := uint64(0), uint64(0)
+	for _, r := range recs {
+		if r.seq <= prev {
+			t.Fatalf("seq %d after %d: stored twice or out of order", r.seq, prev)
+		}
+		if missing := r.seq - prev - 1; missing != r.gap {
+			t.Fatalf("seq %d after %d: %d frames missing, Meridian-Gap says %d", r.seq, prev, missing, r.gap)
+		}
+		if !bytes.Equal(r.payload, payloadN(int(r.seq-1))) {
+			t.Fatalf("seq %d holds %q", r.seq, r.payload)
+		}
+		gaps += r.gap
+		prev = r.seq
 	}
+	if prev != n || gaps == 0 || gaps > dropped {
+		t.Fatalf("last stored %d of %d; gaps %d, dropped %d: want gaps, within what was dropped", prev, n, gaps, dropped)
+	}
+	t.Logf("dropped %d, gaps %d (the difference was in flight and stored)", dropped, gaps)
 }
 
 // TestSpoolFullDisk: the spool's file system fills up. Send fails with
@@ -413,12 +447,13 @@ func TestSpoolSendAllocs(t *testing.T) {
 	}
 }
 
-// TestSpoolTornTailIsAGap: a power failure tore the last record a station
-// had spooled but not sent (its header survived, its payload did not). The
-// reopened spool gives that number to no other frame; the client reports
-// it as a gap at the end of what it holds, Close does not wait for it, and
-// the next frame carries the gap into the stream.
-func TestSpoolTornTailIsAGap(t *testing.T) {
+// TestSpoolDamagedTailIsAGap: the last record a station spooled, and had
+// not sent yet, is damaged on disk (whole, its checksum wrong). The
+// reopened spool cannot tell that it was never sent, so it gives that
+// number to no other frame; the client reports it as a gap at the end of
+// what it holds, Close does not wait for it, and the next frame carries
+// the gap into the stream.
+func TestSpoolDamagedTailIsAGap(t *testing.T) {
 	st := openStream(t)
 	addr := freeAddr(t)
 	dir := t.TempDir()
@@ -431,12 +466,12 @@ func TestSpoolTornTailIsAGap(t *testing.T) {
 		}
 	}
 	crash(t, a)
-	tearLast(t, dir, payloadN(n-1))
+	flipIn(t, dir, payloadN(n-1))
 
 	streamGateway(t, st, addr)
 	b := spoolClient(t, addr, dir, fastSpool)
 	if b.Sent() != n {
-		t.Fatalf("reopened: sent %d, want %d (the torn frame's number is not given again)", b.Sent(), n)
+		t.Fatalf("reopened: sent %d, want %d (the damaged frame's number is not given again)", b.Sent(), n)
 	}
 	if err := b.WaitAcked(ctx, n); err != nil {
 		t.Fatal(err)
@@ -450,7 +485,7 @@ func TestSpoolTornTailIsAGap(t *testing.T) {
 	msgs := readStream(t, st)
 	checkStream(t, msgs, b.Epoch(), n+1, map[uint64]bool{n: true})
 	if m := msgs[n-1]; m.seq != n+1 || m.gap != 1 {
-		t.Fatalf("frame after the torn one: seq %d gap %d, want %d with Meridian-Gap 1", m.seq, m.gap, n+1)
+		t.Fatalf("frame after the damaged one: seq %d gap %d, want %d with Meridian-Gap 1", m.seq, m.gap, n+1)
 	}
 	if b.Stats().Damaged != 1 {
 		t.Fatalf("Damaged = %d, want 1", b.Stats().Damaged)
@@ -488,4 +523,121 @@ func TestSpoolDeliveredTailRots(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 	checkStream(t, readStream(t, st), b.Epoch(), n+10, nil)
+}
+
+// TestSpoolDropOldestLive: the gateway's store stalls while a session is
+// live and the tiny spool drops its oldest files, frames in flight among
+// them. When the store comes back, nothing is lost that was not counted:
+// every frame missing in the store lies in a gap the store was told of
+// (Meridian-Gap on the frame after it), the gaps add up to at most
+// Dropped, and nothing is stored twice.
+func TestSpoolDropOldestLive(t *testing.T) {
+	mem := sink.NewMemory()
+	gw := gatewaytest.Start(t, gatewaytest.Config(), mem)
+	resume := mem.Hold()
+	defer resume()
+	o := station.SpoolOptions{Sync: 2 * time.Millisecond, MaxBytes: 64 << 10, SegmentBytes: 8 << 10, Full: station.SpoolDropOldest}
+	c := spoolClient(t, gw.Addr, t.TempDir(), o, station.WithWindow(64))
+	ctx := testCtx(t)
+	const n = 3000
+	for i := range n {
+		if err := c.Send(ctx, payloadN(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dropped := c.Stats().Dropped
+	if dropped == 0 {
+		t.Fatalf("nothing dropped: %+v", c.Stats())
+	}
+	resume()
+	if err := c.WaitAcked(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var recs []gapRec
+	for _, f := range mem.Frames() {
+		recs = append(recs, gapRec{f.Seq, f.Gap, f.Payload})
+	}
+	checkGaps(t, recs, n, dropped)
+}
+
+// TestSpoolUnreadableStops: the spool's newest file is deleted by hand
+// under a running client. Reading it fails for good, so the client stops
+// with the error (Err, Send and Close say it) instead of reconnecting for
+// ever; the frames before it were delivered.
+func TestSpoolUnreadableStops(t *testing.T) {
+	mem := sink.NewMemory()
+	addr := freeAddr(t)
+	dir := t.TempDir()
+	ctx := testCtx(t)
+	c := spoolClient(t, addr, dir, station.SpoolOptions{Sync: 2 * time.Millisecond, SegmentBytes: 4 << 10})
+	for i := range 300 {
+		if err := c.Send(ctx, payloadN(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	segs, err := filepath.Glob(filepath.Join(dir, "seg-*.log"))
+	if err != nil || len(segs) < 3 {
+		t.Fatalf("segments %v (%v): want at least 3", segs, err)
+	}
+	if err := os.Remove(segs[len(segs)-1]); err != nil {
+		t.Fatal(err)
+	}
+	gatewaytest.StartAt(t, addr, gatewaytest.Config(), mem)
+	select {
+	case <-c.Done():
+	case <-ctx.Done():
+		t.Fatalf("the client did not stop; stats %+v", c.Stats())
+	}
+	if err := c.Err(); err == nil || !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Err = %v, want the missing file", err)
+	}
+	if err := c.Send(ctx, payloadN(300)); err == nil {
+		t.Fatal("Send after the stop succeeded")
+	}
+	if mem.Len() == 0 || mem.Len() >= 300 {
+		t.Fatalf("stored %d frames: want those before the missing file", mem.Len())
+	}
+}
+
+// TestSpoolTornTailReused: the last record's write was cut short (a kill
+// between two pages of one write(2)): it runs past the end of the file, so
+// it was never whole and never sent. Open cuts it and gives its number to
+// the next frame, so that a producer that hands the frame over again
+// leaves no gap.
+func TestSpoolTornTailReused(t *testing.T) {
+	st := openStream(t)
+	addr := freeAddr(t)
+	dir := t.TempDir()
+	ctx := testCtx(t)
+	const n = 50
+	a := spoolClient(t, addr, dir, fastSpool)
+	for i := range n {
+		if err := a.Send(ctx, payloadN(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	crash(t, a)
+	tearLast(t, dir, payloadN(n-1))
+
+	streamGateway(t, st, addr)
+	b := spoolClient(t, addr, dir, fastSpool)
+	if b.Sent() != n-1 {
+		t.Fatalf("reopened: sent %d, want %d (the torn frame is not in the spool)", b.Sent(), n-1)
+	}
+	if err := b.Send(ctx, payloadN(n-1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	msgs := readStream(t, st)
+	checkStream(t, msgs, b.Epoch(), n, nil)
+	for _, m := range msgs {
+		if m.gap != 0 {
+			t.Fatalf("seq %d carries Meridian-Gap %d", m.seq, m.gap)
+		}
+	}
 }

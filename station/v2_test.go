@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/meridian-telemetry/meridian/internal/frame"
+	"github.com/meridian-telemetry/meridian/internal/gateway/gatewaytest"
+	"github.com/meridian-telemetry/meridian/internal/sink"
 	"github.com/meridian-telemetry/meridian/station"
 )
 
@@ -554,5 +556,34 @@ func TestV2InvalidOptions(t *testing.T) {
 		if _, err := station.Dial(testCtx(t), "127.0.0.1:1", opt); !errors.Is(err, station.ErrInvalidOption) {
 			t.Errorf("%s: Dial = %v, want ErrInvalidOption", name, err)
 		}
+	}
+}
+
+// TestV2GapCarriedAcrossEmptySessions: a station says HELLO with a higher
+// first twice in a row and stores nothing between (what a spool's client
+// does when drop-oldest opens a second hole before the frame after the
+// first could go out). The gap the first of them was told is still to be
+// marked: the frame finally stored carries both.
+func TestV2GapCarriedAcrossEmptySessions(t *testing.T) {
+	mem := sink.NewMemory()
+	gw := gatewaytest.Start(t, gatewaytest.Config(), mem)
+	ctx := testCtx(t)
+	const epoch = 777
+	for _, first := range []uint64{1, 682} {
+		c := dial(t, gw.Addr, fastReconnect, station.WithName("gs-gap"), station.WithEpoch(epoch), station.WithFirstSeq(first))
+		if err := c.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := dial(t, gw.Addr, fastReconnect, station.WithName("gs-gap"), station.WithEpoch(epoch), station.WithFirstSeq(1136))
+	if err := c.Send(ctx, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	frames := mem.Frames()
+	if len(frames) != 1 || frames[0].Seq != 1136 || frames[0].Gap != 1135 {
+		t.Fatalf("stored %+v, want frame 1136 alone with Meridian-Gap 1135", frames)
 	}
 }

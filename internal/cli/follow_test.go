@@ -18,6 +18,7 @@ import (
 	"github.com/meridian-telemetry/meridian/internal/frame"
 	"github.com/meridian-telemetry/meridian/internal/gateway/gatewaytest"
 	"github.com/meridian-telemetry/meridian/internal/sink"
+	"github.com/meridian-telemetry/meridian/internal/spool"
 	"github.com/meridian-telemetry/meridian/station"
 )
 
@@ -487,5 +488,55 @@ func TestFollowSIGKILL(t *testing.T) {
 	}
 	if killed < kills {
 		t.Errorf("only %d SIGKILLs before the captures were all sent: make them larger", killed)
+	}
+}
+
+// TestFollowTornRecordSpooledAgain: a SIGKILL cut the write(2) of a
+// capture's fifth frame short after its header (a kill between two pages
+// of one write). That record was never whole, so never sent: open cuts it
+// and gives its number again, and follow mode spools the frame again from
+// the capture file. Every line is stored once, with no gap.
+func TestFollowTornRecordSpooledAgain(t *testing.T) {
+	stationLeakCheck(t)
+	spoolDir, in := followDirs(t)
+	l := lines("a", 10)
+	writeCapture(t, in, "a.txt", linesFile(l))
+	sp, err := spool.Open(spoolDir, spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if _, err := sp.Append(context.Background(), []byte(l[i])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	epoch := sp.Epoch()
+	if err := sp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeFollowState(spoolDir, followState{Epoch: epoch, LastStarted: "a.txt",
+		Files: []followEntry{{Name: "a.txt", First: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	seg := filepath.Join(spoolDir, "seg-00000000000000000001.log")
+	fi, err := os.Stat(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(seg, fi.Size()-2); err != nil { // the fifth record: header kept, payload cut
+		t.Fatal(err)
+	}
+	mem := sink.NewMemory()
+	gw := gatewaytest.Start(t, gatewaytest.Config(), mem)
+	r := startFollow(t, "--addr", gw.Addr, "--name", "gs-torn", "--spool", spoolDir, "--follow", in)
+	waitFor(t, "a.txt removed", func() bool { return !exists(filepath.Join(in, "a.txt")) })
+	if err := r.stop(t); err != nil {
+		t.Fatalf("%v\n%s", err, r.out)
+	}
+	countPayloads(t, mem, l)
+	for _, f := range mem.Frames() {
+		if f.Gap != 0 {
+			t.Fatalf("frame %d %q carries Meridian-Gap %d: the torn frame was reported lost", f.Seq, f.Payload, f.Gap)
+		}
 	}
 }

@@ -47,9 +47,11 @@ type live struct {
 }
 
 // floor is what this gateway knows stored of a station's epoch: what its
-// last session here acknowledged.
+// last session here acknowledged (where to resume), and what a gap is
+// reckoned from (below acked while that session's gap was not yet marked on
+// a stored frame).
 type floor struct {
-	epoch, acked uint64
+	epoch, acked, stored uint64
 }
 
 // maxFloors bounds the floors kept; they are a hint, the stream is the truth.
@@ -187,7 +189,7 @@ func (h hello) Hello(ctx context.Context, sess *session.Session, hl frame.Hello)
 	}
 	s.mu.Lock()
 	if f, ok := s.floors[id]; ok && f.epoch == hl.Epoch {
-		lo, hi, known = max(lo, f.acked), max(hi, f.acked), true
+		lo, hi, known = max(lo, f.acked), max(hi, f.stored), true
 	}
 	s.mu.Unlock()
 
@@ -263,7 +265,8 @@ func (s *Server) v2Ended(sess *session.Session) {
 		if len(s.floors) >= maxFloors {
 			clear(s.floors)
 		}
-		s.floors[info.Station] = floor{epoch: info.Epoch, acked: sess.Stats().AckedSeq}
+		st := sess.Stats()
+		s.floors[info.Station] = floor{epoch: info.Epoch, acked: st.AckedSeq, stored: st.StoredThrough}
 	}
 	if me != nil {
 		// Closed under mu: a newer session's v2Ended, which looks at

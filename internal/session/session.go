@@ -153,6 +153,7 @@ type Session struct {
 	// HELLO, the ACK's base (next-1), the last heartbeat round trip.
 	v2info     atomic.Pointer[Info]
 	base       atomic.Uint64
+	welcomeGap uint64       // the WELCOME's gap; written before v2info, immutable after
 	rtt        atomic.Int64 // nanoseconds; 0 before the first PONG
 	superseded atomic.Bool
 	ending     atomic.Bool   // the reader is done: the session is ending on its own
@@ -226,10 +227,16 @@ type Stats struct {
 	Since     time.Time
 	Frames    uint64
 	Bytes     uint64
-	LastFrame time.Time     // zero before the first frame
-	Acked     uint64        // frames of this session acknowledged
-	AckedSeq  uint64        // v2: the station sequence acknowledged (every frame up to it stored)
-	RTT       time.Duration // v2: last heartbeat round trip; 0 before the first PONG
+	LastFrame time.Time // zero before the first frame
+	Acked     uint64    // frames of this session acknowledged
+	AckedSeq  uint64    // v2: the station sequence acknowledged (every frame up to it stored)
+	// StoredThrough (v2) is the highest sequence a gap is reckoned from:
+	// AckedSeq once a frame of the session is stored (the first marks the
+	// WELCOME's gap), and until then the sequence before that gap, which is
+	// still to be marked: a station that says HELLO again with a higher
+	// first before then has lost both gaps' frames.
+	StoredThrough uint64
+	RTT           time.Duration // v2: last heartbeat round trip; 0 before the first PONG
 }
 
 // Stats returns the session's counters; safe from any goroutine.
@@ -243,6 +250,10 @@ func (s *Session) Stats() Stats {
 	}
 	if s.v2info.Load() != nil {
 		st.AckedSeq = max(s.base.Load(), s.commits.acked.Load())
+		st.StoredThrough = st.AckedSeq
+		if st.Acked == 0 {
+			st.StoredThrough -= min(st.StoredThrough, s.welcomeGap)
+		}
 	}
 	if t := s.lastFrame.Load(); t != 0 {
 		st.LastFrame = time.Unix(0, t)
@@ -428,6 +439,7 @@ func (s *Session) hello(ctx context.Context, h frame.Hello) (frame.Reason, error
 	s.seq = w.Next - 1
 	info := s.info
 	info.Station, info.Epoch, info.Unverified = w.Station, h.Epoch, false
+	s.welcomeGap = w.Gap
 	s.base.Store(w.Next - 1) // before v2info: Stats reads base once it sees v2info
 	s.v2info.Store(&info)
 	s.log = s.baseLog.With("session", s.info.ID, "station", w.Station, "epoch", h.Epoch)

@@ -140,5 +140,12 @@ func (sc *scanner) seqAt(off int64) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	// A record that runs past the end of the file was cut short by an
+	// interrupted write (a kill between two pages of one write(2), or a
+	// power failure before the write reached the disk): it was never
+	// whole, so never synced, so never sent, and its number is free.
+	if n := int64(binary.BigEndian.Uint32(h[0:4])); n > int64(sc.maxRecord) || sc.limit-off-RecordHeaderSize < n {
+		return 0, nil
+	}
 	return binary.BigEndian.Uint64(h[8:16]), nil
 }

@@ -24,8 +24,10 @@
 // a power failure never numbers a new frame with a number the stream
 // already has. Open numbers on after every record it finds: in the newest
 // segment, and in a newest segment whose header is damaged; after a record
-// cut at the end whose header still names it (it may have been synced and
-// sent before it rotted: its number is burnt); after the name of a segment
+// cut at the end that is whole but damaged (it may have been synced and
+// sent before it rotted: its number is burnt; a record running past the
+// end of the file was never whole, so never sent, and its number is
+// free); after the name of a segment
 // deleted as a crash while creating it; and, when it begins a new segment
 // (always when none is left), never at or below the acked hint.
 // What it cannot see it cannot number past: this holds as long as the disk
@@ -248,9 +250,9 @@ func (o Options) withDefaults() Options {
 // there is none. It takes the directory's lock (ErrLocked if another holds
 // it after a retry of 250 ms), reads the epoch, and scans the newest
 // segment: a torn record at its end, left by a crash mid-write, is cut and
-// logged, with Stats.CutBytes saying how much; when the cut bytes begin
-// with the record's whole header, its number is burnt (counted in Corrupt)
-// and never given again. Damage found before the end is logged and
+// logged, with Stats.CutBytes saying how much; when the cut bytes hold a
+// whole record whose checksum fails (damage, not an interrupted write),
+// its number is burnt (counted in Corrupt) and never given again. Damage found before the end is logged and
 // counted, and left for readers to skip. A newest segment whose header is
 // damaged is deleted when too short to hold a record (a crash while
 // creating it), else kept for readers to skip, its records counted in

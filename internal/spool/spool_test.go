@@ -574,7 +574,10 @@ func TestTornTail(t *testing.T) {
 		last  uint64 // what survives
 		burnt bool   // record last+1 is lost and its number burnt
 	}{
-		{"truncated", func(path string, size int64) error { return os.Truncate(path, size-100) }, 9, true},
+		// An interrupted write (a kill between two pages of one write(2)):
+		// the record runs past the end, it was never whole, never sent,
+		// and its number is given again.
+		{"truncated", func(path string, size int64) error { return os.Truncate(path, size-100) }, 9, false},
 		{"header only", func(path string, size int64) error { return os.Truncate(path, size-524+10) }, 9, false},
 		{"garbage", func(path string, size int64) error {
 			f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)

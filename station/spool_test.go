@@ -77,6 +77,42 @@ func crash(t *testing.T, c *station.Client) {
 	}
 }
 
+// spoolOffline spools frames 0..n-1 into dir with a client of addr, where
+// no gateway listens yet, and ends the client as a crash would.
+func spoolOffline(t *testing.T, addr, dir string, n int) {
+	t.Helper()
+	ctx := testCtx(t)
+	a := spoolClient(t, addr, dir, fastSpool)
+	for i := range n {
+		if err := a.Send(ctx, payloadN(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	crash(t, a)
+}
+
+// resumeAndSendOne opens the spool in dir again with a client of addr:
+// its numbering must go on after frame n, everything up to n is done
+// (stored, or reported lost); it sends frame n+1 (payloadN(n)) and closes.
+func resumeAndSendOne(t *testing.T, addr, dir string, n uint64) *station.Client {
+	t.Helper()
+	ctx := testCtx(t)
+	c := spoolClient(t, addr, dir, fastSpool)
+	if c.Sent() != n {
+		t.Fatalf("reopened: sent %d, want %d", c.Sent(), n)
+	}
+	if err := c.WaitAcked(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Send(ctx, payloadN(int(n))); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // checkStream asserts that the stream holds frames 1..n of the epoch
 // exactly once and in order, except those in missing, and returns the
 // messages.
@@ -170,19 +206,7 @@ func TestSpoolRestartResumes(t *testing.T) {
 	checkStream(t, readStream(t, st), epoch, n, nil)
 	// Reopened once more, the spool has nothing the stream lacks (the
 	// WELCOME says so), and the numbering goes on after it.
-	c := spoolClient(t, gw.Addr, dir, fastSpool)
-	if c.Sent() != n {
-		t.Fatalf("third open: sent %d, want %d", c.Sent(), n)
-	}
-	if err := c.WaitAcked(ctx, n); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Send(ctx, payloadN(n)); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
+	resumeAndSendOne(t, gw.Addr, dir, n)
 	checkStream(t, readStream(t, st), epoch, n+1, nil)
 }
 
@@ -195,13 +219,7 @@ func TestSpoolDamagedRecordNeverSent(t *testing.T) {
 	dir := t.TempDir()
 	ctx := testCtx(t)
 	const n = 300
-	a := spoolClient(t, addr, dir, fastSpool)
-	for i := range n {
-		if err := a.Send(ctx, payloadN(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	crash(t, a)
+	spoolOffline(t, addr, dir, n)
 	flipIn(t, dir, payloadN(149)) // frame 150
 
 	var logs syncBuffer
@@ -457,31 +475,13 @@ func TestSpoolDamagedTailIsAGap(t *testing.T) {
 	st := openStream(t)
 	addr := freeAddr(t)
 	dir := t.TempDir()
-	ctx := testCtx(t)
 	const n = 50
-	a := spoolClient(t, addr, dir, fastSpool)
-	for i := range n {
-		if err := a.Send(ctx, payloadN(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	crash(t, a)
+	spoolOffline(t, addr, dir, n)
 	flipIn(t, dir, payloadN(n-1))
 
 	streamGateway(t, st, addr)
-	b := spoolClient(t, addr, dir, fastSpool)
-	if b.Sent() != n {
-		t.Fatalf("reopened: sent %d, want %d (the damaged frame's number is not given again)", b.Sent(), n)
-	}
-	if err := b.WaitAcked(ctx, n); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Send(ctx, payloadN(n)); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
+	// The damaged frame's number is not given again.
+	b := resumeAndSendOne(t, addr, dir, n)
 	msgs := readStream(t, st)
 	checkStream(t, msgs, b.Epoch(), n+1, map[uint64]bool{n: true})
 	if m := msgs[n-1]; m.seq != n+1 || m.gap != 1 {
@@ -613,13 +613,7 @@ func TestSpoolTornTailReused(t *testing.T) {
 	dir := t.TempDir()
 	ctx := testCtx(t)
 	const n = 50
-	a := spoolClient(t, addr, dir, fastSpool)
-	for i := range n {
-		if err := a.Send(ctx, payloadN(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	crash(t, a)
+	spoolOffline(t, addr, dir, n)
 	tearLast(t, dir, payloadN(n-1))
 
 	streamGateway(t, st, addr)

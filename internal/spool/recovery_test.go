@@ -198,12 +198,7 @@ func TestThrough(t *testing.T) {
 // its header, the one before lost its last record. No record follows the
 // hole, yet Through shows it.
 func TestThroughTrailingHole(t *testing.T) {
-	dir := t.TempDir()
-	o := Options{SegmentBytes: MinSegmentBytes}
-	s := openT(t, dir, o)
-	appendN(t, s, 20, 500)
-	s.Close()
-	segs := segPaths(t, dir)
+	dir, o, segs := closedSegments(t)
 	if err := os.Truncate(segs[len(segs)-1], SegmentHeaderSize); err != nil {
 		t.Fatal(err)
 	}

@@ -766,12 +766,7 @@ func TestDamagedRecord(t *testing.T) {
 // newest one, in a file too short for a record: a crash while creating
 // it, the file is deleted.
 func TestDamagedHeader(t *testing.T) {
-	dir := t.TempDir()
-	o := Options{SegmentBytes: MinSegmentBytes}
-	s := openT(t, dir, o)
-	appendN(t, s, 20, 500)
-	s.Close()
-	segs := segPaths(t, dir)
+	dir, o, segs := closedSegments(t)
 	flip(t, segs[1], 3)
 	torn := filepath.Join(dir, segName(21))
 	if err := os.WriteFile(torn, []byte(segMagic), 0o640); err != nil {
@@ -1079,12 +1074,7 @@ func TestSyncFailureBreaks(t *testing.T) {
 // rollover whose segment was not synced): readers skip the torn record,
 // count it, and go on with the next segment.
 func TestTornOlderSegment(t *testing.T) {
-	dir := t.TempDir()
-	o := Options{SegmentBytes: MinSegmentBytes}
-	s := openT(t, dir, o)
-	appendN(t, s, 20, 500)
-	s.Close()
-	segs := segPaths(t, dir)
+	dir, o, segs := closedSegments(t)
 	fi, _ := os.Stat(segs[0])
 	if err := os.Truncate(segs[0], fi.Size()-100); err != nil {
 		t.Fatal(err)
@@ -1129,4 +1119,17 @@ func TestAckBeyondLast(t *testing.T) {
 	if len(recs) == 0 || recs[0].Seq > 4 || recs[len(recs)-1].Seq != 23 {
 		t.Fatalf("read %v", seqsOf(recs))
 	}
+}
+
+// closedSegments makes a closed spool of 20 records of 500 bytes in
+// segments of MinSegmentBytes (several of them), for tests that damage its
+// files: its directory, options and segment paths, oldest first.
+func closedSegments(t *testing.T) (dir string, o Options, segs []string) {
+	t.Helper()
+	dir = t.TempDir()
+	o = Options{SegmentBytes: MinSegmentBytes}
+	s := openT(t, dir, o)
+	appendN(t, s, 20, 500)
+	s.Close()
+	return dir, o, segPaths(t, dir)
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/meridian-telemetry/meridian/internal/config"
 	"github.com/meridian-telemetry/meridian/internal/frame"
 	"github.com/meridian-telemetry/meridian/internal/sdnotify"
+	"github.com/meridian-telemetry/meridian/internal/spool"
 	"github.com/meridian-telemetry/meridian/station"
 )
 
@@ -341,9 +342,11 @@ func stationRun(ctx context.Context, f *stationFlags, args []string, stdin io.Re
 	if tlsCfg != nil {
 		opts = append(opts, station.WithTLS(tlsCfg))
 	}
-	var leftSince time.Time
+	var left spool.Status
 	if spoolOpt != nil {
-		leftSince = spoolOldest(sp.dir, time.Now())
+		// Read before the client can make progress: what earlier runs
+		// left, as the last of them recorded it.
+		left, _ = spool.Inspect(sp.dir)
 	}
 	dialCtx, cancel := context.WithTimeout(ctx, station.DefaultDialTimeout)
 	c, err := station.Dial(dialCtx, f.addr, opts...)
@@ -359,7 +362,7 @@ func stationRun(ctx context.Context, f *stationFlags, args []string, stdin io.Re
 	if spoolOpt == nil {
 		return stationStream(ctx, c, f, in, args, stdin, stderr)
 	}
-	return stationSpooled(ctx, c, f, in, args, stdin, stderr, log, &link, leftSince)
+	return stationSpooled(ctx, c, f, in, args, stdin, stderr, log, &link, left)
 }
 
 // sameDir says whether two paths name one directory (the second need not
@@ -422,11 +425,15 @@ const followStopBound = 5 * time.Second
 // stationSpooled is a run with a spool: the input (or the follow
 // directory) goes into the spool, and the client sends from it, including
 // what earlier runs left.
-func stationSpooled(ctx context.Context, c *station.Client, f *stationFlags, in string, args []string, stdin io.Reader, stderr io.Writer, log *slog.Logger, link *linkState, leftSince time.Time) error {
+func stationSpooled(ctx context.Context, c *station.Client, f *stationFlags, in string, args []string, stdin io.Reader, stderr io.Writer, log *slog.Logger, link *linkState, earlier spool.Status) error {
 	sp := &f.spool
 	st0 := c.Stats()
-	if w := st0.Sent - st0.Acked; w > 0 {
-		fmt.Fprintf(stderr, "spool %s holds %d frames from earlier runs (%d..%d) not known to be acknowledged: the gateway gets those it lacks first\n", sp.dir, w, st0.Acked+1, st0.Sent)
+	if earlier.Waiting > 0 {
+		fmt.Fprintf(stderr, "spool %s holds %d frames from earlier runs (%d..%d) not known to be acknowledged: the gateway gets those it lacks first\n", sp.dir, earlier.Waiting, earlier.Last-earlier.Waiting+1, earlier.Last)
+	}
+	leftSince := earlier.OldestWaiting
+	if leftSince.IsZero() {
+		leftSince = time.Now()
 	}
 	var fw *follower
 	if sp.follow != "" {

@@ -295,16 +295,6 @@ func spoolStatusLine(st station.Stats, epoch uint64, age time.Duration, link fmt
 	return b.String()
 }
 
-// spoolOldest returns when the oldest frame waiting in dir was appended,
-// or now when unknown (a new spool).
-func spoolOldest(dir string, now time.Time) time.Time {
-	st, err := spool.Inspect(dir)
-	if err != nil || st.OldestWaiting.IsZero() {
-		return now
-	}
-	return st.OldestWaiting
-}
-
 // followStatePath is where follow mode keeps its state: in the spool
 // directory, so that the two are one unit (moved, backed up, wiped
 // together).

@@ -587,3 +587,36 @@ func TestV2GapCarriedAcrossEmptySessions(t *testing.T) {
 		t.Fatalf("stored %+v, want frame 1136 alone with Meridian-Gap 1135", frames)
 	}
 }
+
+// TestV2GapOwedReachesALowerFirst: a station is told a gap, stores nothing
+// in that session, and says HELLO again with a lower first (a spool
+// reopened on its oldest file). The gateway resumes it after the frames it
+// was told were lost, and the frame stored next still carries that gap.
+func TestV2GapOwedReachesALowerFirst(t *testing.T) {
+	mem := sink.NewMemory()
+	gw := gatewaytest.Start(t, gatewaytest.Config(), mem)
+	ctx := testCtx(t)
+	const epoch = 4242
+	session := func(first uint64, frames int) {
+		t.Helper()
+		c := dial(t, gw.Addr, fastReconnect, station.WithName("gs-low"), station.WithEpoch(epoch), station.WithFirstSeq(first))
+		for i := range frames {
+			if err := c.Send(ctx, payloadN(int(first)-1+i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := c.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	session(1, 50)  // 1..50 stored
+	session(100, 0) // told: 51..99 lost; stores nothing
+	session(51, 50) // 51..99 complete as stored-or-lost, 100 goes out
+	frames := mem.Frames()
+	if len(frames) != 51 {
+		t.Fatalf("stored %d frames, want 51", len(frames))
+	}
+	if f := frames[50]; f.Seq != 100 || f.Gap != 49 {
+		t.Fatalf("frame after the gap: seq %d Meridian-Gap %d, want 100 with 49", f.Seq, f.Gap)
+	}
+}

@@ -194,10 +194,13 @@ func (h hello) Hello(ctx context.Context, sess *session.Session, hl frame.Hello)
 	s.mu.Unlock()
 
 	w := session.Welcome{Station: id, Next: max(lo+1, hl.First)}
-	if known && hl.First > hi+1 {
-		w.Gap = hl.First - 1 - hi
+	// From next, not first: a gap owed by an earlier session here that
+	// stored nothing lies below its next (lo), and a HELLO whose first is
+	// lower (a spool restarted on its oldest file) must still be told it.
+	if known && w.Next > hi+1 {
+		w.Gap = w.Next - 1 - hi
 		s.log.Warn("station lost frames before its first: gap marked on the next stored frame",
-			"station", id, "epoch", hl.Epoch, "first", hl.First, "stored_through", hi, "gap", w.Gap)
+			"station", id, "epoch", hl.Epoch, "first", hl.First, "next", w.Next, "stored_through", hi, "gap", w.Gap)
 		// Counted by the session once the frame that marks it is stored:
 		// a session that ends before would otherwise count it twice.
 	}

@@ -241,15 +241,19 @@ type Stats struct {
 
 // Stats returns the session's counters; safe from any goroutine.
 func (s *Session) Stats() Stats {
+	// v2info before base (base is stored first), and one load of each: a
+	// commit between two loads would make Acked wrap.
+	v2 := s.v2info.Load() != nil
+	acked, base := s.commits.acked.Load(), s.base.Load()
 	st := Stats{
 		Since:  s.start,
 		Frames: s.frames.Load(),
 		Bytes:  s.bytes.Load(),
-		Acked:  s.commits.acked.Load() - min(s.commits.acked.Load(), s.base.Load()),
+		Acked:  acked - min(acked, base),
 		RTT:    time.Duration(s.rtt.Load()),
 	}
-	if s.v2info.Load() != nil {
-		st.AckedSeq = max(s.base.Load(), s.commits.acked.Load())
+	if v2 {
+		st.AckedSeq = max(base, acked)
 		st.StoredThrough = st.AckedSeq
 		if st.Acked == 0 {
 			st.StoredThrough -= min(st.StoredThrough, s.welcomeGap)

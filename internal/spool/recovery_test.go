@@ -2,6 +2,7 @@ package spool
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -428,5 +429,42 @@ func TestLastLockFree(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		s.mu.Unlock()
 		t.Fatal("Last blocked on the spool's lock")
+	}
+}
+
+// TestAckedTailLengthRot: the gateway acknowledged every record, then the
+// length field of the last one rotted so that it seems to run past the end
+// of the file, like an interrupted write. The acked hint says it was
+// delivered: its number is burnt, never given to a new record (the gateway
+// would take that record for stored).
+func TestAckedTailLengthRot(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, dir, Options{})
+	appendN(t, s, 10, 500)
+	s.Ack(10)
+	s.Close() // records the hint
+	if b, err := os.ReadFile(filepath.Join(dir, ackedName)); err != nil || len(b) != 8 || binary.BigEndian.Uint64(b) != 10 {
+		t.Fatalf("acked hint %v (%v), want 10", b, err)
+	}
+	path := lastSegment(t, dir)
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Record 10's length 500 becomes 500 + 65536: past the end.
+	if _, err := f.WriteAt([]byte{0x01}, fi.Size()-(RecordHeaderSize+500)+1); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	s2 := openT(t, dir, Options{})
+	if st := s2.Stats(); st.Last != 10 || st.Corrupt != 1 {
+		t.Fatalf("reopened: Last %d Corrupt %d, want 10 and 1", st.Last, st.Corrupt)
+	}
+	if seq, err := s2.Append(context.Background(), []byte("new")); err != nil || seq != 11 {
+		t.Fatalf("Append = %d, %v; want 11", seq, err)
 	}
 }

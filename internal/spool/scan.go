@@ -130,8 +130,9 @@ func (sc *scanner) resync(off int64, prev uint64) (next int64, found bool, err e
 	return 0, false, nil
 }
 
-// seqAt returns the sequence number in the record header at off, 0 when
-// no whole header lies there within limit.
+// seqAt returns the sequence number of a whole record at off (its header
+// and its length within limit) whose checksum need not match; 0 when no
+// whole record lies there.
 func (sc *scanner) seqAt(off int64) (uint64, error) {
 	if sc.limit-off < RecordHeaderSize {
 		return 0, nil

@@ -476,11 +476,12 @@ func createSegment(path string, epoch, first uint64) (*os.File, error) {
 }
 
 // scanActive opens the newest segment, checks every record in it, cuts a
-// torn tail and makes what is left durable. It returns the number of the
-// record cut, when the cut bytes begin with its whole header, numbered
-// next (0: none). That number may have been sent: a record synced and
-// delivered that rotted on disk looks the same as a torn one. It is burnt,
-// never given again.
+// torn tail and makes what is left durable. It returns the highest number
+// it burnt (0: none): that of a cut record that is whole but fails its
+// checksum (it may have been synced and delivered before it rotted), and
+// any number up to the acked hint (delivered for certain). A cut record
+// that runs past the end of the file, above the hint, was an interrupted
+// write, never sent: its number is given again.
 func (s *Spool) scanActive() (burnt uint64, err error) {
 	seg := s.segs[len(s.segs)-1]
 	name := filepath.Base(seg.path)
@@ -512,11 +513,18 @@ func (s *Spool) scanActive() (burnt uint64, err error) {
 			} else if seq == prev+1 {
 				burnt = seq
 			}
+			if s.hinted > prev {
+				// The gateway acknowledged numbers up to the hint: the
+				// records cut were delivered (a length field that rotted
+				// looks like an interrupted write), so none of those
+				// numbers may be given again.
+				burnt = max(burnt, s.hinted)
+			}
 			if err := f.Truncate(off); err != nil {
 				return 0, fmt.Errorf("spool %s: cut %s: %w", s.dir, name, err)
 			}
 			if burnt != 0 {
-				s.corrupt.Add(1)
+				s.corrupt.Add(burnt - prev)
 				s.log.Warn(fmt.Sprintf("spool: cut %d bytes of a torn or damaged record at the end of %s, offset %d; record %d lost, its number is not given again", cut, name, off, burnt))
 			} else {
 				s.log.Warn(fmt.Sprintf("spool: cut %d bytes of a torn record at the end of %s, offset %d (a crash during a write)", cut, name, off))

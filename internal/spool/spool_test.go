@@ -563,10 +563,11 @@ func lastSegment(t *testing.T, dir string) string {
 	return p[len(p)-1]
 }
 
-// A torn tail is cut. When the cut bytes begin with the whole header of
-// the next record, its number is burnt (the record may have been synced
-// and sent before it was damaged): the next record gets the one after.
-// Otherwise nothing was numbered there, and the number is given again.
+// A torn tail is cut. When the cut bytes hold the whole next record with a
+// wrong checksum, its number is burnt (the record may have been synced and
+// sent before it was damaged): the next record gets the one after. A
+// record that runs past the end was an interrupted write, never sent, and
+// its number is given again.
 func TestTornTail(t *testing.T) {
 	for _, tc := range []struct {
 		name  string

@@ -9,13 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/meridian-telemetry/meridian/internal/gateway/gatewaytest"
 	"github.com/meridian-telemetry/meridian/internal/sink"
+	"github.com/meridian-telemetry/meridian/internal/syncbuf"
 	"github.com/meridian-telemetry/meridian/station"
 )
 
@@ -33,24 +33,6 @@ func freeAddr(t *testing.T) string {
 	addr := ln.Addr().String()
 	ln.Close()
 	return addr
-}
-
-// syncBuffer is a log sink that tests read while the client writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // fastSpool syncs often, so that tests need not wait for the default
@@ -222,7 +204,7 @@ func TestSpoolDamagedRecordNeverSent(t *testing.T) {
 	spoolOffline(t, addr, dir, n)
 	flipIn(t, dir, payloadN(149)) // frame 150
 
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	b := spoolClient(t, addr, dir, fastSpool, station.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	streamGateway(t, st, addr)
 	if err := b.WaitAcked(ctx, n); err != nil {

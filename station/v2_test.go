@@ -9,13 +9,13 @@ import (
 	"net"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/meridian-telemetry/meridian/internal/frame"
 	"github.com/meridian-telemetry/meridian/internal/gateway/gatewaytest"
 	"github.com/meridian-telemetry/meridian/internal/sink"
+	"github.com/meridian-telemetry/meridian/internal/syncbuf"
 	"github.com/meridian-telemetry/meridian/station"
 )
 
@@ -350,24 +350,6 @@ func TestV2Pong(t *testing.T) {
 	}
 }
 
-// logBuf is a slog destination that tests read.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestV1Fallback: a gateway that answers HELLO with CLOSE(5) speaks v1. The
 // client logs it once, reconnects at once with v1, and stays on v1 through a
 // later reconnect (the peer would refuse a second HELLO, fatally).
@@ -394,7 +376,7 @@ func TestV1Fallback(t *testing.T) {
 			p.serveFrom(c, 0, nil)
 		}
 	})
-	var logs logBuf
+	var logs syncbuf.Buffer
 	disconnects := make(chan error, 10)
 	c := dial(t, p.addr(), station.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))),
 		station.WithReconnect(station.ReconnectPolicy{Initial: time.Millisecond}),

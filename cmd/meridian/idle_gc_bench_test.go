@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/meridian-telemetry/meridian/internal/frame"
+	"github.com/meridian-telemetry/meridian/internal/syncbuf"
 	"github.com/meridian-telemetry/meridian/internal/tlsid/tlstest"
 )
 
@@ -96,7 +97,7 @@ func idleMemory(b *testing.B, n int, mtls *idleTLS) {
 	}
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = childEnv()
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)

@@ -6,7 +6,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -30,6 +29,7 @@ import (
 
 	"github.com/meridian-telemetry/meridian/internal/cli"
 	"github.com/meridian-telemetry/meridian/internal/frame"
+	"github.com/meridian-telemetry/meridian/internal/syncbuf"
 	"github.com/meridian-telemetry/meridian/internal/tlsid/tlstest"
 )
 
@@ -46,26 +46,9 @@ const wait = 20 * time.Second
 type child struct {
 	t      *testing.T
 	cmd    *exec.Cmd
-	stderr *syncBuffer
-	stdout *syncBuffer
+	stderr *syncbuf.Buffer
+	stdout *syncbuf.Buffer
 	done   chan error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // childEnv is the environment of a meridian child: this one, less any
@@ -92,7 +75,7 @@ func startWithStdout(t *testing.T, w io.Writer, args ...string) *child {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = childEnv()
-	c := &child{t: t, cmd: cmd, stderr: &syncBuffer{}, stdout: &syncBuffer{}, done: make(chan error, 1)}
+	c := &child{t: t, cmd: cmd, stderr: &syncbuf.Buffer{}, stdout: &syncbuf.Buffer{}, done: make(chan error, 1)}
 	cmd.Stderr, cmd.Stdout = c.stderr, c.stdout
 	if w != nil {
 		cmd.Stdout = w
@@ -580,7 +563,7 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 		cmd := exec.Command(os.Args[0], "serve", "--sink", "discard", "--listen", "127.0.0.1:0", "--http-listen", os.Getenv("PROBE_HTTP"),
 			"--heartbeat", "1s", "--idle-timeout", "10m")
 		cmd.Env = childEnv()
-		var stderr syncBuffer
+		var stderr syncbuf.Buffer
 		cmd.Stderr = &stderr
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)
@@ -653,7 +636,7 @@ func TestSecondSignalForcesExit(t *testing.T) {
 	defer r.Close()
 	cmd := exec.Command(os.Args[0], "serve", "--sink", "stdout", "--listen", "127.0.0.1:0", "--http-listen", "", "--drain-timeout", "100ms")
 	cmd.Env = childEnv()
-	c := &child{t: t, cmd: cmd, stderr: &syncBuffer{}, stdout: &syncBuffer{}, done: make(chan error, 1)}
+	c := &child{t: t, cmd: cmd, stderr: &syncbuf.Buffer{}, stdout: &syncbuf.Buffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = w, c.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -19,6 +19,7 @@ import (
 	"github.com/meridian-telemetry/meridian/internal/gateway/gatewaytest"
 	"github.com/meridian-telemetry/meridian/internal/sink"
 	"github.com/meridian-telemetry/meridian/internal/spool"
+	"github.com/meridian-telemetry/meridian/internal/syncbuf"
 	"github.com/meridian-telemetry/meridian/station"
 )
 
@@ -26,7 +27,7 @@ import (
 type followRun struct {
 	cancel context.CancelFunc
 	done   chan error
-	out    *syncBuffer
+	out    *syncbuf.Buffer
 	once   sync.Once
 	err    error
 }
@@ -36,7 +37,7 @@ type followRun struct {
 func startFollow(t *testing.T, args ...string) *followRun {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &followRun{cancel: cancel, done: make(chan error, 1), out: new(syncBuffer)}
+	r := &followRun{cancel: cancel, done: make(chan error, 1), out: new(syncbuf.Buffer)}
 	cmd := newStationCmd()
 	cmd.SetArgs(append([]string{"--progress", "0", "--spool-sync", "10ms", "--follow-poll", "20ms"}, args...))
 	cmd.SetIn(strings.NewReader(""))
@@ -448,13 +449,13 @@ func TestFollowSIGKILL(t *testing.T) {
 		ents, err := os.ReadDir(in)
 		return err == nil && len(ents) == 0
 	}
-	start := func() (*exec.Cmd, *syncBuffer) {
+	start := func() (*exec.Cmd, *syncbuf.Buffer) {
 		t.Helper()
 		args := []string{"station", "--addr", gw.Addr, "--spool", spoolDir, "--follow", in,
 			"--follow-poll", "20ms", "--progress", "0", "--spool-sync", "5ms"}
 		cmd := exec.Command(os.Args[0], "-test.run=^TestFollowHelperProcess$")
 		cmd.Env = append(os.Environ(), "MERIDIAN_FOLLOW_CHILD="+strings.Join(args, "\n"))
-		out := new(syncBuffer)
+		out := new(syncbuf.Buffer)
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

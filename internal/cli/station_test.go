@@ -25,6 +25,7 @@ import (
 	"github.com/meridian-telemetry/meridian/internal/gateway"
 	"github.com/meridian-telemetry/meridian/internal/gateway/gatewaytest"
 	"github.com/meridian-telemetry/meridian/internal/sink"
+	"github.com/meridian-telemetry/meridian/internal/syncbuf"
 	"github.com/meridian-telemetry/meridian/station"
 )
 
@@ -278,7 +279,7 @@ func stationMain(t *testing.T, stdin string, args ...string) (int, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	var out syncBuffer
+	var out syncbuf.Buffer
 	root := newRootCmd(&out, &out)
 	root.SetIn(strings.NewReader(stdin))
 	root.SetArgs(append([]string{"station"}, args...))
@@ -300,25 +301,6 @@ func stationMain(t *testing.T, stdin string, args ...string) (int, string) {
 		}
 	}
 	return code, out.String()
-}
-
-// syncBuffer is a bytes.Buffer safe for the command's goroutines and the
-// test reading it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // TestStationSpoolUsage: every misuse of the spool flags is a usage error

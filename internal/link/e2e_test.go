@@ -32,6 +32,7 @@ import (
 	"github.com/meridian-telemetry/meridian/internal/gateway/gatewaytest"
 	"github.com/meridian-telemetry/meridian/internal/link"
 	"github.com/meridian-telemetry/meridian/internal/stream"
+	"github.com/meridian-telemetry/meridian/internal/syncbuf"
 )
 
 func TestMain(m *testing.M) {
@@ -520,24 +521,6 @@ func TestCRCPolicies(t *testing.T) {
 	check("disc", pkts[:firstBad])
 }
 
-// lockedBuffer is a log sink safe for the gateway's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // equipment is a test TCP server standing in for a modem that serves its
 // stream: each accepted connection is handed to the test.
 type equipment struct {
@@ -577,7 +560,7 @@ func (q *equipment) stop() {
 // and its end once), reconnects when it comes back, and stops dialing on
 // shutdown.
 func TestDialOutReconnects(t *testing.T) {
-	logs := &lockedBuffer{}
+	logs := &syncbuf.Buffer{}
 	e := newEnv(t, gatewaytest.Config(), slog.New(slog.NewTextHandler(logs, nil)))
 	_, cadus := loadCADUs(t)
 	first := startEquipment(t, "127.0.0.1:0")

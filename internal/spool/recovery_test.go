@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/meridian-telemetry/meridian/internal/syncbuf"
 )
 
 // readWithin reads every synced record from from on, like readAll, in a
@@ -72,8 +74,8 @@ func TestDamagedNewestHeader(t *testing.T) {
 	newest := lastSegment(t, dir)
 	flip(t, newest, 3)
 
-	var log logBuffer
-	o.Log = log.logger()
+	var log syncbuf.Buffer
+	o.Log = debugLogger(&log)
 	s2 := openT(t, dir, o)
 	if _, err := os.Stat(newest); err != nil {
 		t.Fatalf("the damaged newest segment is gone: %v", err)
@@ -240,8 +242,8 @@ func TestThroughDropped(t *testing.T) {
 // it (logged and counted once) and never spin.
 func TestMissingSegment(t *testing.T) {
 	dir := t.TempDir()
-	var log logBuffer
-	s := openT(t, dir, Options{SegmentBytes: MinSegmentBytes, SyncInterval: time.Hour, Log: log.logger()})
+	var log syncbuf.Buffer
+	s := openT(t, dir, Options{SegmentBytes: MinSegmentBytes, SyncInterval: time.Hour, Log: debugLogger(&log)})
 	appendN(t, s, 40, 500) // segments 1, 9, 17, 25, 33
 	s.Sync()
 	segs := segPaths(t, dir)

@@ -15,32 +15,16 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/meridian-telemetry/meridian/internal/syncbuf"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// logBuffer collects a spool's log lines; the background goroutine writes
-// to it too.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *logBuffer) logger() *slog.Logger {
+// debugLogger logs everything into b, for tests that assert on the lines.
+func debugLogger(b *syncbuf.Buffer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
@@ -482,9 +466,9 @@ func TestBlock(t *testing.T) {
 }
 
 func TestDropOldest(t *testing.T) {
-	var log logBuffer
+	var log syncbuf.Buffer
 	const max = 16 << 10
-	s := openT(t, t.TempDir(), Options{MaxBytes: max, Full: DropOldest, Log: log.logger(), SyncInterval: time.Hour})
+	s := openT(t, t.TempDir(), Options{MaxBytes: max, Full: DropOldest, Log: debugLogger(&log), SyncInterval: time.Hour})
 	appendN(t, s, 5, 500)
 	s.Sync()
 	r := s.NewReader(1)
@@ -612,8 +596,8 @@ func TestTornTail(t *testing.T) {
 			}
 			torn, _ := os.Stat(path)
 
-			var log logBuffer
-			s2 := openT(t, dir, Options{Log: log.logger()})
+			var log syncbuf.Buffer
+			s2 := openT(t, dir, Options{Log: debugLogger(&log)})
 			st := s2.Stats()
 			wantCut := torn.Size() - (SegmentHeaderSize + int64(tc.last)*524)
 			if st.CutBytes != wantCut || wantCut <= 0 {
@@ -722,8 +706,8 @@ func TestDamagedRecord(t *testing.T) {
 			damaged := first + 2 // the third record of that segment
 			flip(t, segs[i], SegmentHeaderSize+2*recSize+tc.off)
 
-			var log logBuffer
-			o.Log = log.logger()
+			var log syncbuf.Buffer
+			o.Log = debugLogger(&log)
 			s2 := openT(t, dir, o)
 			if tc.segment < 0 {
 				// Counted once, by the reader that skips it (below).
@@ -773,8 +757,8 @@ func TestDamagedHeader(t *testing.T) {
 	if err := os.WriteFile(torn, []byte(segMagic), 0o640); err != nil {
 		t.Fatal(err)
 	}
-	var log logBuffer
-	o.Log = log.logger()
+	var log syncbuf.Buffer
+	o.Log = debugLogger(&log)
 	s2 := openT(t, dir, o)
 	// Deleted, and made again whole: the numbering goes on from its name.
 	if err := readSegHeader(torn, s2.Epoch(), 21); err != nil {
@@ -1045,8 +1029,8 @@ func TestConcurrentReadWrite(t *testing.T) {
 // stay readable. The failure is made by closing the active file under
 // the spool.
 func TestSyncFailureBreaks(t *testing.T) {
-	var log logBuffer
-	s := openT(t, t.TempDir(), Options{SyncInterval: time.Hour, Log: log.logger()})
+	var log syncbuf.Buffer
+	s := openT(t, t.TempDir(), Options{SyncInterval: time.Hour, Log: debugLogger(&log)})
 	appendN(t, s, 3, 10)
 	s.Sync()
 	appendN(t, s, 1, 10)
@@ -1080,8 +1064,8 @@ func TestTornOlderSegment(t *testing.T) {
 	if err := os.Truncate(segs[0], fi.Size()-100); err != nil {
 		t.Fatal(err)
 	}
-	var log logBuffer
-	o.Log = log.logger()
+	var log syncbuf.Buffer
+	o.Log = debugLogger(&log)
 	s2 := openT(t, dir, o)
 	got := seqsOf(readAll(t, s2, 1))
 	want := []uint64{1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20}

@@ -15,9 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/meridian-telemetry/meridian/internal/pipeline"
 	"github.com/meridian-telemetry/meridian/internal/stream"
-	"go.uber.org/goleak"
+	"github.com/meridian-telemetry/meridian/internal/syncbuf"
 )
 
 func TestMain(m *testing.M) {
@@ -368,24 +370,6 @@ func TestTailAll(t *testing.T) {
 	}
 }
 
-// syncWriter is a buffer safe for the hint's goroutine and the test.
-type syncWriter struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
-
 // TestTailHint: a follower on a quiet stream says once, on a terminal, why
 // nothing shows; not on a pipe, and not when it replays.
 func TestTailHint(t *testing.T) {
@@ -393,7 +377,7 @@ func TestTailHint(t *testing.T) {
 	f.put("10.0.0.1", 2)
 	follow := func(o Options, terminal bool) string {
 		t.Helper()
-		var stderr syncWriter
+		var stderr syncbuf.Buffer
 		o.Stderr, o.HintAfter = &stderr, 10*time.Millisecond
 		o.IsTerminal = func(w io.Writer) bool { return terminal && w == &stderr }
 		ctx, cancel := context.WithCancel(context.Background())
@@ -433,7 +417,7 @@ func TestTailHint(t *testing.T) {
 	}
 
 	// A frame before the hint is due cancels it.
-	var stderr syncWriter
+	var stderr syncbuf.Buffer
 	o = f.opts()
 	o.Stderr, o.HintAfter, o.Count = &stderr, time.Hour, 1
 	o.IsTerminal = func(io.Writer) bool { return true }

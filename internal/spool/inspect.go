@@ -68,12 +68,14 @@ func Inspect(dir string) (Status, error) {
 		return st, nil
 	}
 	st.Oldest = files[0].first
-	newest := good[len(good)-1:]
 	if len(good) == 0 {
+		// A spool being created: its first segment's header is not
+		// written yet (or is damaged).
 		st.Last = files[len(files)-1].first - 1
 	} else {
-		st.Last = newest[0].first - 1
-		err := scanSegment(filepath.Join(dir, newest[0].name), newest[0].first, defaultMaxRecord, func(r rec) bool {
+		newest := good[len(good)-1]
+		st.Last = newest.first - 1
+		err := scanSegment(filepath.Join(dir, newest.name), newest.first, defaultMaxRecord, func(r rec) bool {
 			st.Last = r.seq
 			return true
 		})

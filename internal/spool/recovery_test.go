@@ -470,3 +470,19 @@ func TestAckedTailLengthRot(t *testing.T) {
 		t.Fatalf("Append = %d, %v; want 11", seq, err)
 	}
 }
+
+// TestInspectWhileCreating: Inspect runs while a process creates the spool
+// and its first segment's header is not written yet. It reports the empty
+// spool instead of failing (or panicking, as it once did).
+func TestInspectWhileCreating(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, dir, Options{})
+	s.Close()
+	if err := os.Truncate(filepath.Join(dir, segName(1)), 0); err != nil {
+		t.Fatal(err)
+	}
+	st, err := Inspect(dir)
+	if err != nil || st.Segments != 1 || st.Last != 0 || st.Waiting != 0 {
+		t.Fatalf("Inspect = %+v, %v; want one segment, nothing waiting", st, err)
+	}
+}
